@@ -1,0 +1,105 @@
+"""The ``healthmon`` command: one subcommand per process, plus ``up`` for all of them.
+
+Every subcommand loads the one configuration (defaults, ``HEALTHMON_*``
+variables, then ``--set NAME=VALUE`` and the subcommand's own flags); a bad
+value stops it at once with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from healthmon.config import ConfigError, Settings, load_settings, settings_table
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", dest="data_dir", help="state directory (setting data_dir)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="override any setting"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="healthmon", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start collector, speed job, scheduler and API (and mocks) on this machine")
+    up.add_argument("--mock", action="store_true", help="also start mock services")
+    up.add_argument("--mock-services", type=int, default=5, help="number of mock services (with --mock)")
+
+    collect = sub.add_parser("collect", help="run the UDP collector")
+    collect.add_argument("--host", dest="udp_host")
+    collect.add_argument("--port", dest="udp_port", type=int)
+
+    sub.add_parser("speed", help="run the Spark streaming job that keeps the real-time view")
+    sub.add_parser("batch", help="run one batch build now (with a progress bar)")
+    sub.add_parser("schedule", help="run the scheduler: batch builds every batch_interval_s, expiry")
+
+    serve = sub.add_parser("serve", help="run the HTTP API and dashboard")
+    serve.add_argument("--host", dest="api_host")
+    serve.add_argument("--port", dest="api_port", type=int)
+
+    mock = sub.add_parser("mock", help="send deterministic health messages from simulated services")
+    from mock_services.sender import add_arguments
+
+    add_arguments(mock)
+
+    sub.add_parser("settings", help="print every setting, its environment variable, default and help")
+
+    for p in sub.choices.values():
+        _add_common(p)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    for item in args.overrides:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected NAME=VALUE")
+        overrides[name.strip()] = value
+    names = {row[0] for row in settings_table()}
+    for name, value in vars(args).items():
+        if name in names and value is not None:
+            overrides[name] = value
+    return load_settings(overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"healthmon: bad setting: {exc}", file=sys.stderr)
+        return 2
+    command = args.command
+    if command == "settings":
+        for name, env, default, help_text in settings_table():
+            print(f"{name:26} {env:36} {default!r:>14}  {help_text}")
+        return 0
+    if command == "collect":
+        from ingest.collector import run
+    elif command == "speed":
+        from speed_jobs.stream import run
+    elif command == "batch":
+        from batch_jobs.build import run
+    elif command == "schedule":
+        from scheduler.service import run
+    elif command == "serve":
+        from serving.server import run
+    elif command == "mock":
+        from mock_services.sender import run
+
+        return run(settings, args) or 0
+    else:  # up
+        from healthmon.supervisor import run
+
+        return run(settings, mock=args.mock, mock_services=args.mock_services) or 0
+    return run(settings) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

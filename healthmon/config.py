@@ -1,0 +1,149 @@
+"""One configuration for every healthmon process.
+
+Settings are declared once, as a dataclass whose fields carry their help text
+(Datasette-style).  Values come from the defaults, then from ``HEALTHMON_<NAME>``
+environment variables, then from explicit overrides (a mapping, e.g. from the
+command line).  Every value is converted and checked when the settings are
+loaded, so a bad value stops the process at start with a message that names the
+setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "HEALTHMON_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+def setting(default, help: str, *, minimum=None, maximum=None, choices=None):  # noqa: A002
+    """Declare a setting: its default, its help text and its allowed values."""
+    return field(
+        default=default,
+        metadata={"help": help, "minimum": minimum, "maximum": maximum, "choices": choices},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of healthmon, with its default and what it is for."""
+
+    data_dir: str = setting("./var", "Directory that holds all local state: landing store (file://), views, spool, logs.")
+    landing: str = setting("", "Landing store URL: file:///path or hdfs://host:port/path. Empty: file://<data_dir>/landing.")
+    collector_id: str = setting("c1", "Name of this collector; part of every segment name and message id.")
+    udp_host: str = setting("127.0.0.1", "Address the collector listens on for UDP datagrams.")
+    udp_port: int = setting(3500, "UDP port of the collector.", minimum=0, maximum=65535)
+    udp_rcvbuf_bytes: int = setting(4 * 1024 * 1024, "SO_RCVBUF asked for the collector's socket.", minimum=65536)
+    max_datagram_bytes: int = setting(16384, "Larger datagrams are rejected as 'oversized'.", minimum=256, maximum=65507)
+    max_clock_skew_s: float = setting(3600.0, "Messages whose ts is further than this in the future are rejected.", minimum=0)
+    segment_max_seconds: float = setting(1.0, "A landing segment is closed and published after this many seconds.", minimum=0.05, maximum=60)
+    segment_max_bytes: int = setting(8 * 1024 * 1024, "A landing segment is closed and published at this size.", minimum=1024)
+    stats_interval_s: float = setting(1.0, "How often processes write their counters to <data_dir>/state.", minimum=0.1)
+    window_s: int = setting(60, "Base window of the views, in seconds (divides 3600).", minimum=1, maximum=3600)
+    batch_interval_s: float = setting(300.0, "How often the scheduler runs a batch build.", minimum=1)
+    batch_lateness_s: float = setting(300.0, "An hour is closed (built by batch) this long after its end.", minimum=0)
+    batch_hours_per_job: int = setting(24, "Raw hours processed by one Spark job of a build (progress granularity).", minimum=1)
+    spark_master: str = setting("local[*]", "Spark master URL for batch and speed jobs.")
+    spark_shuffle_partitions: int = setting(4, "spark.sql.shuffle.partitions: small values suit small machines.", minimum=1)
+    spark_driver_memory: str = setting("1g", "spark.driver.memory for batch and speed jobs.")
+    speed_trigger_s: float = setting(1.0, "Processing-time trigger of the streaming job.", minimum=0.1)
+    api_host: str = setting("127.0.0.1", "Address the HTTP API listens on.")
+    api_port: int = setting(5555, "Port of the HTTP API.", minimum=0, maximum=65535)
+    api_threads: int = setting(8, "Worker threads of the HTTP server.", minimum=1, maximum=256)
+    api_default_range_s: int = setting(3600, "Range of a query that gives no 'from'.", minimum=60)
+    api_max_points: int = setting(5000, "Most points one series answer may hold.", minimum=10)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check(f, getattr(self, f.name))
+        if 3600 % self.window_s:
+            raise ConfigError(f"window_s={self.window_s}: must divide 3600 so windows align with hours")
+        for name in ("udp_host", "api_host"):
+            try:
+                ipaddress.ip_address(getattr(self, name))
+            except ValueError:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: not an IP address") from None
+        url = self.landing_url
+        if not (url.startswith("file://") or url.startswith("hdfs://")):
+            raise ConfigError(f"landing={self.landing!r}: must start with file:// or hdfs://")
+
+    # Paths derived from data_dir: one place, so every process agrees.
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def landing_url(self) -> str:
+        return self.landing or f"file://{self.data_path / 'landing'}"
+
+    @property
+    def views_dir(self) -> Path:
+        return self.data_path / "views"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_path / "state"
+
+    @property
+    def spark_dir(self) -> Path:
+        return self.data_path / "spark"
+
+
+def _check(f: dataclasses.Field, value) -> None:
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}={value!r}: must be one of {', '.join(map(str, meta['choices']))}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ConfigError(f"{f.name}={value!r}: must be >= {meta['minimum']}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise ConfigError(f"{f.name}={value!r}: must be <= {meta['maximum']}")
+
+
+def _convert(f: dataclasses.Field, raw) -> object:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    if isinstance(raw, kind) and not isinstance(raw, bool):
+        return raw
+    try:
+        if kind is int:
+            return int(str(raw).strip())
+        if kind is float:
+            return float(str(raw).strip())
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"{f.name}={raw!r}: not a valid {kind.__name__}") from None
+
+
+def load_settings(overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults, ``HEALTHMON_*`` variables and ``overrides``, checked."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, object] = {}
+    for key, raw in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower()
+            if name not in fields:
+                raise ConfigError(f"{key}: unknown setting (known: {', '.join(fields)})")
+            values[name] = _convert(fields[name], raw)
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in fields:
+            raise ConfigError(f"{name}: unknown setting")
+        values[name] = _convert(fields[name], raw)
+    return Settings(**values)
+
+
+def settings_table() -> list[tuple[str, str, object, str]]:
+    """(setting, environment variable, default, help) for every setting, for docs and --help."""
+    return [
+        (f.name, ENV_PREFIX + f.name.upper(), f.default, f.metadata["help"])
+        for f in dataclasses.fields(Settings)
+    ]

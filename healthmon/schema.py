@@ -1,0 +1,288 @@
+"""The message schema: the one place that says what a message is.
+
+From the field table below come the datagram parser and validator (used by the
+collector), the Spark ``StructType`` of landed lines (batch and speed jobs) and
+the DuckDB column list of landed lines (tests, ad-hoc queries).
+
+Wire format (DESIGN.md): one UTF-8 JSON object per UDP datagram.  A ``type``
+field selects the message type; a message without one is ``health``.  The
+original Health-Monitoring-System mock client's format ("seed003": keys
+``serviceName``, ``Timestamp`` in ns, ``CPU`` as a fraction, ``RAM``/``Disk``
+objects, and a trailing comma before the closing brace) is accepted and mapped
+to canonical fields.
+
+Decisions where DESIGN.md is silent:
+- unknown extra fields are dropped, not rejected (senders may be newer);
+- a ``total`` of 0 gives a used percentage of 0;
+- ``ts`` may be late by any amount but not more than ``max_clock_skew_s`` in the
+  future, and not before 2000-01-01.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+MIN_TS = 946684800.0  # 2000-01-01T00:00:00Z: older timestamps are rejected
+NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+IFACE_RE = re.compile(r"[A-Za-z0-9._:@-]{1,64}\Z")
+_TRAILING_COMMA_RE = re.compile(rb",\s*([}\]])")
+
+
+class Rejected(Exception):
+    """A datagram that is not an acceptable message; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# Rejection reasons, each with what it means (README lists them from here).
+REASONS: dict[str, str] = {
+    "oversized": "datagram larger than max_datagram_bytes",
+    "not_utf8": "datagram is not valid UTF-8",
+    "not_json": "datagram is not a JSON object (nor the seed003 format)",
+    "not_object": "JSON value is not an object",
+    "unknown_type": "the 'type' field names no known message type",
+    "missing_field": "a required field is absent or null",
+    "wrong_type": "a field has the wrong JSON type",
+    "out_of_range": "a number is outside its allowed range",
+    "bad_name": "a service/host/interface name breaks [A-Za-z0-9._:-]{1,128}",
+    "bad_timestamp": "ts is not epoch seconds or ISO-8601, or is out of range",
+    "free_exceeds_total": "free capacity is larger than total capacity",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a message type: name, kind and allowed range."""
+
+    name: str
+    kind: str  # "name" | "ts" | "number" | "net"
+    required: bool = True
+    minimum: float | None = None
+    maximum: float | None = None
+    doc: str = ""
+
+
+HEALTH_FIELDS: tuple[Field, ...] = (
+    Field("service", "name", doc="service name, 1-128 chars of [A-Za-z0-9._:-]"),
+    Field("ts", "ts", doc="UTC instant: epoch seconds or ISO-8601"),
+    Field("cpu_pct", "number", minimum=0, maximum=100, doc="CPU use in percent"),
+    Field("ram_total_gb", "number", minimum=0, doc="RAM size, GB"),
+    Field("ram_free_gb", "number", minimum=0, doc="free RAM, GB"),
+    Field("disk_total_gb", "number", minimum=0, doc="disk size, GB"),
+    Field("disk_free_gb", "number", minimum=0, doc="free disk, GB"),
+    Field("host", "name", required=False, doc="host the service runs on"),
+    Field("net", "net", required=False, doc="per interface {rx_bps, tx_bps}"),
+)
+
+# Fields of every landed line, written by the collector: before the message fields.
+ENVELOPE_FIELDS: tuple[Field, ...] = (
+    Field("id", "name", doc="unique message id: <collector>-<run>-<n>"),
+    Field("type", "name", doc="message type"),
+    Field("recv_ts", "ts", doc="when the collector received it, epoch seconds"),
+)
+
+MESSAGE_TYPES: dict[str, tuple[Field, ...]] = {"health": HEALTH_FIELDS}
+
+# (free, total) pairs checked together.
+CAPACITY_PAIRS = (("ram_free_gb", "ram_total_gb"), ("disk_free_gb", "disk_total_gb"))
+
+# Metrics derived from a health message; the views aggregate exactly these.
+HEALTH_METRICS: tuple[str, ...] = ("cpu_pct", "ram_used_pct", "disk_used_pct")
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _seed003_to_canonical(obj: dict) -> dict:
+    """Map the original mock client's keys to canonical fields."""
+    out: dict = {"service": obj.get("serviceName")}
+    ts_ns = obj.get("Timestamp")
+    if isinstance(ts_ns, (int, float)) and not isinstance(ts_ns, bool):
+        out["ts"] = ts_ns / 1e9
+    else:
+        out["ts"] = ts_ns
+    cpu = obj.get("CPU")
+    out["cpu_pct"] = cpu * 100.0 if _is_number(cpu) else cpu
+    for key, prefix in (("RAM", "ram"), ("Disk", "disk")):
+        part = obj.get(key)
+        if not isinstance(part, dict):
+            raise Rejected("wrong_type" if part is not None else "missing_field", key)
+        out[f"{prefix}_total_gb"] = part.get("Total")
+        out[f"{prefix}_free_gb"] = part.get("Free")
+    return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_ts(value) -> float:
+    """Epoch seconds from a number of seconds or an ISO-8601 string (naive = UTC)."""
+    if _is_number(value):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise Rejected("bad_timestamp", f"not ISO-8601: {value[:40]!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        ts = parsed.timestamp()
+    else:
+        raise Rejected("bad_timestamp", f"ts has type {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise Rejected("bad_timestamp", "not finite")
+    return ts
+
+
+def _validate(fields: tuple[Field, ...], obj: dict, recv_ts: float, max_skew_s: float) -> dict:
+    out: dict = {}
+    for f in fields:
+        value = obj.get(f.name)
+        if value is None:
+            if f.required:
+                raise Rejected("missing_field", f.name)
+            continue
+        if f.kind == "number":
+            if not _is_number(value):
+                raise Rejected("wrong_type", f"{f.name} must be a number")
+            if not math.isfinite(value) or (f.minimum is not None and value < f.minimum) or (
+                f.maximum is not None and value > f.maximum
+            ):
+                raise Rejected("out_of_range", f"{f.name}={value}")
+            out[f.name] = value
+        elif f.kind == "name":
+            if not isinstance(value, str):
+                raise Rejected("wrong_type", f"{f.name} must be a string")
+            if not NAME_RE.match(value):
+                raise Rejected("bad_name", f"{f.name}={value[:40]!r}")
+            out[f.name] = value
+        elif f.kind == "ts":
+            ts = parse_ts(value)
+            if ts < MIN_TS or ts > recv_ts + max_skew_s:
+                raise Rejected("bad_timestamp", f"{f.name}={ts} out of range")
+            out[f.name] = ts
+        elif f.kind == "net":
+            out[f.name] = _validate_net(value)
+    return out
+
+
+def _validate_net(value) -> dict:
+    if not isinstance(value, dict):
+        raise Rejected("wrong_type", "net must be an object")
+    out = {}
+    for iface, rates in value.items():
+        if not IFACE_RE.match(iface):
+            raise Rejected("bad_name", f"net interface {iface[:40]!r}")
+        if not isinstance(rates, dict):
+            raise Rejected("wrong_type", f"net.{iface} must be an object")
+        clean = {}
+        for key in ("rx_bps", "tx_bps"):
+            rate = rates.get(key)
+            if rate is None:
+                raise Rejected("missing_field", f"net.{iface}.{key}")
+            if not _is_number(rate):
+                raise Rejected("wrong_type", f"net.{iface}.{key} must be a number")
+            if not math.isfinite(rate) or rate < 0:
+                raise Rejected("out_of_range", f"net.{iface}.{key}={rate}")
+            clean[key] = rate
+        out[iface] = clean
+    return out
+
+
+def loads_lenient(data: bytes) -> object:
+    """Strict JSON, or JSON with trailing commas before '}' / ']' (the seed003 client's habit)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return orjson.loads(_TRAILING_COMMA_RE.sub(rb"\1", data))
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("not_json", str(exc)[:120]) from None
+
+
+def parse_message(data: bytes, recv_ts: float, max_skew_s: float = 3600.0) -> dict:
+    """Validate one datagram; return its canonical fields (with ``type``) or raise Rejected."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected("not_utf8") from None
+    obj = loads_lenient(data)
+    if not isinstance(obj, dict):
+        raise Rejected("not_object", type(obj).__name__)
+    if "serviceName" in obj and "service" not in obj:
+        obj = _seed003_to_canonical(obj)
+    msg_type = obj.get("type", "health")
+    fields = MESSAGE_TYPES.get(msg_type) if isinstance(msg_type, str) else None
+    if fields is None:
+        raise Rejected("unknown_type", str(msg_type)[:40])
+    out = _validate(fields, obj, recv_ts, max_skew_s)
+    for free, total in CAPACITY_PAIRS:
+        if free in out and out[free] > out[total]:
+            raise Rejected("free_exceeds_total", f"{free}={out[free]} > {total}={out[total]}")
+    return {"type": msg_type, **out}
+
+
+# ---------------------------------------------------------------- derived schemas
+
+_SPARK_KIND = {"name": "string", "ts": "double", "number": "double"}
+_DUCKDB_KIND = {"name": "VARCHAR", "ts": "DOUBLE", "number": "DOUBLE",
+                "net": "MAP(VARCHAR, STRUCT(rx_bps DOUBLE, tx_bps DOUBLE))"}
+
+
+def landed_fields(msg_type: str) -> tuple[Field, ...]:
+    """Fields of a landed line of ``msg_type``: the envelope, then the message."""
+    return ENVELOPE_FIELDS + MESSAGE_TYPES[msg_type]
+
+
+def spark_schema(msg_type: str):
+    """The Spark StructType of landed lines of ``msg_type``."""
+    from pyspark.sql import types as T
+
+    def spark_type(f: Field):
+        if f.kind == "net":
+            rates = T.StructType([T.StructField("rx_bps", T.DoubleType()), T.StructField("tx_bps", T.DoubleType())])
+            return T.MapType(T.StringType(), rates)
+        return T.StringType() if _SPARK_KIND[f.kind] == "string" else T.DoubleType()
+
+    return T.StructType([T.StructField(f.name, spark_type(f), nullable=True) for f in landed_fields(msg_type)])
+
+
+def duckdb_columns(msg_type: str) -> dict[str, str]:
+    """DuckDB column types of landed lines of ``msg_type`` (for read_json(columns=...))."""
+    return {f.name: _DUCKDB_KIND[f.kind] for f in landed_fields(msg_type)}
+
+
+# ---------------------------------------------------------------- encoding (the wire format, written once)
+
+
+def encode(message: dict) -> bytes:
+    """One datagram of a canonical message (what senders put on the wire)."""
+    return orjson.dumps(message)
+
+
+def encode_seed003(message: dict) -> bytes:
+    """One datagram in the original mock client's format, trailing comma included."""
+    return (
+        "{\n"
+        f'  "serviceName": "{message["service"]}",\n'
+        f'  "Timestamp": {round(message["ts"] * 1e9)},\n'
+        f'  "CPU": {message["cpu_pct"] / 100.0!r},\n'
+        f'  "RAM": {{"Total": {message["ram_total_gb"]!r}, "Free": {message["ram_free_gb"]!r}}},\n'
+        f'  "Disk": {{"Total": {message["disk_total_gb"]!r}, "Free": {message["disk_free_gb"]!r}}},\n'
+        "}"
+    ).encode()
+
+
+def landed_line(message: dict, message_id: str, recv_ts: float) -> bytes:
+    """One line of a landing segment: envelope fields, then the canonical message."""
+    return orjson.dumps({"id": message_id, "recv_ts": recv_ts, **message}) + b"\n"

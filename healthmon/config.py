@@ -44,7 +44,7 @@ class Settings:
     udp_rcvbuf_bytes: int = setting(4 * 1024 * 1024, "SO_RCVBUF asked for the collector's socket.", minimum=65536)
     max_datagram_bytes: int = setting(16384, "Larger datagrams are rejected as 'oversized'.", minimum=256, maximum=65507)
     max_clock_skew_s: float = setting(3600.0, "Messages whose ts is further than this in the future are rejected.", minimum=0)
-    segment_max_seconds: float = setting(1.0, "A landing segment is closed and published after this many seconds.", minimum=0.05, maximum=60)
+    segment_max_seconds: float = setting(1.0, "A landing segment is published after this many seconds.", minimum=0.05, maximum=60)
     segment_max_bytes: int = setting(8 * 1024 * 1024, "A landing segment is closed and published at this size.", minimum=1024)
     stats_interval_s: float = setting(1.0, "How often processes write their counters to <data_dir>/state.", minimum=0.1)
     window_s: int = setting(60, "Base window of the views, in seconds (divides 3600).", minimum=1, maximum=3600)

@@ -94,6 +94,10 @@ class LandingStore(ABC):
     def read(self, path: str) -> bytes: ...
 
     @abstractmethod
+    def makedirs(self, path: str) -> None:
+        """Create directory ``path`` (and parents); no error if it exists."""
+
+    @abstractmethod
     def delete(self, path: str) -> None:
         """Remove a file or a directory tree; no error if absent."""
 
@@ -139,6 +143,9 @@ class LocalLandingStore(LandingStore):
 
     def read(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
+
+    def makedirs(self, path: str) -> None:
+        (self.root / path).mkdir(parents=True, exist_ok=True)
 
     def delete(self, path: str) -> None:
         target = self.root / path

@@ -204,3 +204,18 @@ class ViewReader:
         if con is not None:
             con.close()
             self._local.con = None
+
+
+def expire_below(view_path: Path, horizon: int) -> int:
+    """Delete real-time windows below ``horizon`` (the batch view covers them); returns rows deleted."""
+    view_path = Path(view_path)
+    if not view_path.exists() or horizon <= 0:
+        return 0
+
+    def change(con: duckdb.DuckDBPyConnection) -> int:
+        (count,) = con.execute("SELECT count(*) FROM health_window WHERE window_start < ?", [horizon]).fetchone()
+        if count:
+            con.execute("DELETE FROM health_window WHERE window_start < ?", [horizon])
+        return count
+
+    return update_view(view_path, change)

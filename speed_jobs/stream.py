@@ -1,0 +1,132 @@
+"""The speed layer: Spark Structured Streaming over landed raw files -> real-time view.
+
+The file source picks up each published segment once (hidden files are
+skipped, so it never reads a partial one).  ``foreachBatch`` applies the same
+``health_windows`` transform as the batch build and upserts the partial
+aggregates into ``realtime.duckdb`` for windows at or above the batch horizon.
+
+Exactly once: the micro-batch id is committed in ``speed_progress`` inside the
+same atomically published view file as the aggregates, so a micro-batch that
+Spark replays after a crash is recognised and skipped.  Each micro-batch also
+drops rows below the current horizon (the batch view covers them).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from healthmon.config import Settings
+from healthmon.landing import open_landing, raw_dir
+from healthmon.schema import spark_schema
+from healthmon.state import write_state
+from healthmon.views import BATCH_VIEW, HEALTH_COLUMNS, REALTIME_VIEW, read_view_horizon, update_view, upsert_sql
+
+log = logging.getLogger(__name__)
+
+MSG_TYPE = "health"
+
+
+def apply_micro_batch(settings: Settings, windows, batch_id: int, input_rows: int, max_recv_ts: float | None) -> dict:
+    """Upsert one micro-batch's window aggregates (an Arrow table) into the real-time view, once."""
+
+    def change(con) -> dict:
+        (last,) = con.execute("SELECT max(batch_id) FROM speed_progress").fetchone()
+        if last is not None and batch_id <= last:
+            return {"batch_id": batch_id, "skipped": True}
+        horizon = read_view_horizon(settings.views_dir / BATCH_VIEW)
+        con.execute("DELETE FROM health_window WHERE window_start < ?", [horizon])
+        con.register("batch_windows", windows)
+        con.execute(f"CREATE TEMP TABLE incoming AS SELECT {', '.join(HEALTH_COLUMNS)} FROM batch_windows WHERE window_start >= {horizon}")
+        con.unregister("batch_windows")
+        (upserted,) = con.execute("SELECT count(*) FROM incoming").fetchone()
+        con.execute(upsert_sql("health_window", "incoming"))
+        con.execute("DELETE FROM speed_progress")
+        con.execute(
+            "INSERT INTO speed_progress VALUES (?, ?, ?, ?, ?)", [batch_id, time.time(), input_rows, max_recv_ts, horizon]
+        )
+        return {"batch_id": batch_id, "skipped": False, "windows": upserted, "horizon": horizon}
+
+    return update_view(settings.views_dir / REALTIME_VIEW, change)
+
+
+def make_foreach_batch(settings: Settings):
+    """The ``foreachBatch`` function: same transform as batch, then the exactly-once upsert."""
+    from pyspark.sql import functions as F
+
+    from batch_jobs.transforms import health_windows
+
+    stats = {"micro_batches": 0, "input_rows": 0, "skipped": 0}
+
+    def process(batch_df, batch_id: int) -> None:
+        batch_df = batch_df.persist()
+        try:
+            row = batch_df.agg(F.count(F.lit(1)).alias("n"), F.max("recv_ts").alias("max_recv_ts")).first()
+            if row["n"] == 0:
+                return
+            windows = health_windows(batch_df, settings.window_s).toArrow()
+            result = apply_micro_batch(settings, windows, batch_id, row["n"], row["max_recv_ts"])
+        finally:
+            batch_df.unpersist()
+        stats["micro_batches"] += 1
+        stats["input_rows"] += row["n"]
+        stats["skipped"] += int(result["skipped"])
+        write_state(
+            settings.state_dir,
+            "speed",
+            {**stats, "last_batch_id": batch_id, "last_commit_at": time.time(), "max_recv_ts": row["max_recv_ts"]},
+        )
+
+    return process
+
+
+def start_stream(spark, settings: Settings):
+    """Start the streaming query; returns it (caller awaits or stops it)."""
+    store = open_landing(settings.landing_url)
+    source = (
+        spark.readStream.schema(spark_schema(MSG_TYPE))
+        .option("recursiveFileLookup", "false")
+        .option("maxFilesPerTrigger", 1000)
+        .json(store.uri(raw_dir(MSG_TYPE)))
+    )
+    checkpoint = settings.data_path / "speed" / "checkpoint"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    return (
+        source.writeStream.foreachBatch(make_foreach_batch(settings))
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(processingTime=f"{settings.speed_trigger_s} seconds")
+        .queryName("healthmon-speed")
+        .start()
+    )
+
+
+def run(settings: Settings) -> int:
+    """``healthmon speed``: keep the real-time view until SIGTERM/SIGINT."""
+    from healthmon.spark import spark_session
+
+    # The file source needs the directory to exist before it starts.
+    store = open_landing(settings.landing_url)
+    store.makedirs(raw_dir(MSG_TYPE))
+    spark = spark_session(settings, "healthmon-speed")
+    query = start_stream(spark, settings)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("speed job: signal %d, stopping after the current micro-batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("speed job streaming %s every %ss", store.uri(raw_dir(MSG_TYPE)), settings.speed_trigger_s)
+    try:
+        while not stop.is_set() and query.isActive:
+            stop.wait(0.5)
+        if query.exception():
+            log.error("streaming query failed: %s", query.exception())
+            return 1
+    finally:
+        query.stop()
+        spark.stop()
+    return 0

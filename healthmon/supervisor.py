@@ -1,0 +1,78 @@
+"""``healthmon up``: every part of the pipeline on one machine, supervised by honcho.
+
+Each part runs as its own process (``healthmon collect | speed | schedule |
+serve`` and, with ``--mock``, ``healthmon mock``), with the settings of this
+command passed down as ``HEALTHMON_*`` variables.  Output is multiplexed with
+a prefix per process.  When one part exits, or on Ctrl-C/SIGTERM, honcho sends
+SIGTERM to every part (each closes and publishes what it holds) and kills what
+is still running after ``STOP_GRACE_S``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import threading
+import time
+
+import honcho.manager
+import requests
+
+from healthmon.config import ENV_PREFIX, Settings
+
+STOP_GRACE_S = 20  # Spark jobs need a few seconds to stop cleanly
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``HEALTHMON_*`` variables that reproduce ``settings`` in a child process."""
+    return {ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+
+
+def process_commands(mock: bool, mock_services: int) -> dict[str, list[str]]:
+    """The command line of each part, by name, in start order."""
+    base = [sys.executable, "-m", "healthmon.cli"]
+    commands = {
+        "collector": [*base, "collect"],
+        "speed": [*base, "speed"],
+        "scheduler": [*base, "schedule"],
+        "api": [*base, "serve"],
+    }
+    if mock:
+        commands["mock"] = [*base, "mock", "--services", str(mock_services), "--rate", "1"]
+    return commands
+
+
+def _announce_when_ready(url: str, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                print(f"\n  healthmon is up: dashboard and API at {url}/  (summary: {url}/api/v1/summary)\n", flush=True)
+                return
+        except requests.RequestException:
+            pass
+        stop.wait(0.5)
+
+
+def run(settings: Settings, mock: bool = False, mock_services: int = 5) -> int:
+    if mock and settings.batch_interval_s == 300.0:
+        settings = dataclasses.replace(settings, batch_interval_s=60.0)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    env = settings_env(settings)
+    honcho.manager.KILL_WAIT = STOP_GRACE_S
+    manager = honcho.manager.Manager()
+    for name, argv in process_commands(mock, mock_services).items():
+        manager.add_process(name, "exec " + shlex.join(argv), env={**os.environ, **env})
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"healthmon: starting {', '.join(process_commands(mock, mock_services))}; data in {settings.data_path}", flush=True)
+    stop = threading.Event()
+    threading.Thread(target=_announce_when_ready, args=(url, stop), daemon=True).start()
+    started = time.time()
+    try:
+        manager.loop()
+    finally:
+        stop.set()
+    print(f"healthmon: stopped after {time.time() - started:.0f} s", flush=True)
+    return manager.returncode or 0
+

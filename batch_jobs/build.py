@@ -104,7 +104,8 @@ def rebuild_hours(spark, store: LandingStore, con, chunk: list[HourInput], windo
 
     msg_type = chunk[0].msg_type
     paths = [store.uri(f.path) for h in chunk for f in h.files]
-    raw = dedupe_messages(spark.read.schema(spark_schema(msg_type)).json(paths))
+    # FAILFAST: raw lines come only from the collector, so a malformed one is damage to report, not to skip.
+    raw = dedupe_messages(spark.read.schema(spark_schema(msg_type)).option("mode", "FAILFAST").json(paths))
     (
         with_hour_partition(raw)
         .write.mode("overwrite")

@@ -56,6 +56,11 @@ def with_hour_partition(raw: DataFrame) -> DataFrame:
     return raw.withColumn("date", F.date_format(stamp, "yyyy-MM-dd")).withColumn("hour", F.date_format(stamp, "HH"))
 
 
+def complete_lines(raw: DataFrame) -> DataFrame:
+    """Lines that carry a service and a ts (the streaming source reads leniently)."""
+    return raw.where(F.col("service").isNotNull() & F.col("ts").isNotNull())
+
+
 def dedupe_messages(raw: DataFrame) -> DataFrame:
     """One row per message id (a segment shipped twice must not count twice)."""
     return raw.dropDuplicates(["id"])

@@ -56,12 +56,12 @@ def make_foreach_batch(settings: Settings):
     """The ``foreachBatch`` function: same transform as batch, then the exactly-once upsert."""
     from pyspark.sql import functions as F
 
-    from batch_jobs.transforms import health_windows
+    from batch_jobs.transforms import complete_lines, health_windows
 
     stats = {"micro_batches": 0, "input_rows": 0, "skipped": 0}
 
     def process(batch_df, batch_id: int) -> None:
-        batch_df = batch_df.persist()
+        batch_df = complete_lines(batch_df).persist()
         try:
             row = batch_df.agg(F.count(F.lit(1)).alias("n"), F.max("recv_ts").alias("max_recv_ts")).first()
             if row["n"] == 0:

@@ -1,0 +1,176 @@
+"""End to end: UDP -> collector -> landing -> speed job -> merged API, then a batch build.
+
+Messages with known values and timestamps spread over six minutes around the
+coming batch horizon are sent over real UDP to the real collector; the real
+Spark streaming job and the real API serve them.  Their answers are compared
+with DuckDB computed directly over the messages that were sent.  Then a real
+batch build moves the horizon into the middle of those minutes, expires the
+real-time rows below it, and the answers must be identical: nothing counted
+twice, nothing lost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+import time
+
+import duckdb
+import pytest
+import requests
+
+from healthmon.schema import encode, encode_seed003
+from tests.procs import run_healthmon, start_healthmon, stop_process, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+SERVICES = ("alpha", "beta", "gamma", "TV")
+METRICS = ("cpu_pct", "ram_used_pct", "disk_used_pct")
+
+
+def make_messages(horizon: int, seed: int = 7) -> list[dict]:
+    """Messages every ~2 s per service from horizon-180 s to horizon+180 s."""
+    rng = random.Random(seed)
+    messages = []
+    for service in SERVICES:
+        ts = horizon - 180 + rng.uniform(0, 2)
+        while ts < horizon + 180:
+            ram_total = rng.choice((16, 32))
+            disk_total = rng.choice((512, 1024))
+            messages.append(
+                {
+                    "service": service,
+                    "ts": round(ts, 3),
+                    "cpu_pct": round(rng.uniform(0, 100), 2),
+                    "ram_total_gb": ram_total,
+                    "ram_free_gb": round(rng.uniform(0, ram_total), 3),
+                    "disk_total_gb": disk_total,
+                    "disk_free_gb": round(rng.uniform(0, disk_total), 3),
+                }
+            )
+            ts += rng.uniform(1, 3)
+    # Two windows start exactly on the horizon.
+    messages[0]["ts"] = float(horizon)
+    messages[-1]["ts"] = float(horizon)
+    return messages
+
+
+def expected(messages: list[dict], step: int, start: int, end: int):
+    """Summary and per-step series computed by DuckDB directly over the sent messages."""
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE m (service VARCHAR, ts DOUBLE, cpu_pct DOUBLE, ram_total_gb DOUBLE, ram_free_gb DOUBLE,"
+        " disk_total_gb DOUBLE, disk_free_gb DOUBLE)"
+    )
+    con.executemany(
+        "INSERT INTO m VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [[m[k] for k in ("service", "ts", "cpu_pct", "ram_total_gb", "ram_free_gb", "disk_total_gb", "disk_free_gb")] for m in messages],
+    )
+    measures = (
+        "SELECT service, ts, cpu_pct, (ram_total_gb - ram_free_gb) / ram_total_gb * 100 AS ram_used_pct,"
+        f" (disk_total_gb - disk_free_gb) / disk_total_gb * 100 AS disk_used_pct FROM m WHERE ts >= {start} AND ts < {end}"
+    )
+    aggs = ", ".join(f"avg({m}), min({m}), max({m})" for m in METRICS)
+    summary = {
+        row[0]: row[1:] for row in con.execute(f"SELECT service, count(*), {aggs} FROM ({measures}) GROUP BY service").fetchall()
+    }
+    series = {
+        (row[0], int(row[1])): row[2:]
+        for row in con.execute(
+            f"SELECT service, floor(ts / {step}) * {step} AS bucket, count(*), {aggs} FROM ({measures}) GROUP BY ALL"
+        ).fetchall()
+    }
+    return summary, series
+
+
+def close(a, b) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def assert_matches(api: str, messages: list[dict], start: int, end: int) -> None:
+    summary, series = expected(messages, 60, start, end)
+    answer = requests.get(f"{api}/api/v1/summary", params={"from": start, "to": end}, timeout=10).json()
+    got = {row["service"]: row for row in answer["services"]}
+    assert set(got) == set(summary)
+    for service, exp in summary.items():
+        row = got[service]
+        assert row["count"] == exp[0], service
+        for i, metric in enumerate(METRICS):
+            assert close(row[metric]["avg"], exp[1 + 3 * i]), (service, metric)
+            assert close(row[metric]["max"], exp[3 + 3 * i]), (service, metric)
+    for service in SERVICES:
+        answer = requests.get(
+            f"{api}/api/v1/services/{service}/series", params={"from": start, "to": end, "step": "60s"}, timeout=10
+        ).json()
+        points = {p["ts"]: p for p in answer["points"]}
+        assert len(points) == (end - start) // 60
+        for bucket, point in points.items():
+            exp = series.get((service, bucket))
+            if exp is None:
+                assert point["count"] == 0
+                continue
+            assert point["count"] == exp[0], (service, bucket)
+            for i, metric in enumerate(METRICS):
+                assert close(point[metric]["avg"], exp[1 + 3 * i])
+                assert close(point[metric]["min"], exp[2 + 3 * i])
+                assert close(point[metric]["max"], exp[3 + 3 * i])
+
+
+def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
+    now = time.time()
+    horizon = int(now // 3600) * 3600 - 3600
+    # Put 'now - lateness' in the middle of the hour after `horizon`, so the build's horizon is `horizon`.
+    lateness = now - (horizon + 1800)
+    udp_port, api_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    env = {
+        "HEALTHMON_DATA_DIR": str(tmp_path / "var"),
+        "HEALTHMON_UDP_PORT": str(udp_port),
+        "HEALTHMON_API_PORT": str(api_port),
+        "HEALTHMON_SEGMENT_MAX_SECONDS": "0.2",
+        "HEALTHMON_BATCH_LATENESS_S": str(lateness),
+    }
+    api = f"http://127.0.0.1:{api_port}"
+    procs = [start_healthmon(["collect"], env), start_healthmon(["speed"], env), start_healthmon(["serve"], env)]
+    try:
+        wait_until(lambda: requests.get(f"{api}/healthz", timeout=1).ok, 30, "API up")
+        messages = make_messages(horizon)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i, message in enumerate(messages):
+            # Every 5th message in the original client's format.
+            sock.sendto(encode_seed003(message) if i % 5 == 0 else encode({"type": "health", **message}), ("127.0.0.1", udp_port))
+            if i % 200 == 0:
+                time.sleep(0.01)
+        start, end = horizon - 3600, horizon + 3600
+
+        def merged_count() -> int:
+            answer = requests.get(f"{api}/api/v1/summary", params={"from": start, "to": end}, timeout=5).json()
+            return sum(row["count"] for row in answer["services"])
+
+        wait_until(lambda: merged_count() == len(messages), 120, "all messages visible in the merged view")
+        pipeline = requests.get(f"{api}/api/v1/pipeline", timeout=5).json()
+        (collector,) = pipeline["collectors"].values()
+        assert collector["accepted"] == len(messages) and collector["rejected"] == 0
+        assert pipeline["horizon_ts"] in (None, 0)
+        # Six whole minutes around the horizon, and a wide range.
+        assert_matches(api, messages, horizon - 180, horizon + 180)
+        assert_matches(api, messages, start, end)
+
+        run_healthmon(["batch"], env, timeout=300)
+        pipeline = requests.get(f"{api}/api/v1/pipeline", timeout=5).json()
+        assert pipeline["horizon_ts"] == horizon
+        last = pipeline["batch"]["last_builds"][0]
+        assert last["status"] == "ok" and last["hours_rebuilt"] == 1
+        assert last["expired_realtime_rows"] > 0
+        assert merged_count() == len(messages)
+        assert_matches(api, messages, horizon - 180, horizon + 180)
+        assert_matches(api, messages, start, end)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

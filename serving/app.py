@@ -1,0 +1,218 @@
+"""The Flask application of the HTTP API: merged answers over the batch and real-time views.
+
+``create_app(settings, clock=time.time)`` builds it; ``serving.server.run``
+serves it with waitress.  One ``ViewReader`` per app gives every worker thread
+its own DuckDB connection with both view files attached read-only, re-attached
+when a writer publishes a new file, so a request costs a couple of ``stat``
+calls and one or two small queries.  The SQL and the merge rule live in
+``serving.queries``; parameter parsing in ``serving.params``; the one error
+shape in ``serving.errors``.
+
+Answers (every time is ISO-8601 UTC with ``Z``; ``*_ts`` fields are epoch
+seconds):
+
+- ``GET /api/v1/services`` -> ``{"services": [{"service", "count",
+  "last_seen", "last_seen_ts"}]}`` sorted by name; ``count`` is every message
+  ever (merged views).
+- ``GET /api/v1/summary?from=&to=&service=`` -> ``{"from", "to", "from_ts",
+  "to_ts", "horizon", "services": [{"service", "count", "last_seen",
+  "cpu_pct": {"avg", "max"}, "ram_used_pct": {...}, "disk_used_pct": {...}}]}``.
+- ``GET /api/v1/services/<name>/series?from=&to=&step=`` -> ``{"service",
+  "step", "step_s", "from", "to", "from_ts", "to_ts", "horizon", "points":
+  [{"start", "ts", "count", "cpu_pct": {"avg", "min", "max"}, ...}]}``: one
+  point per bucket of ``step`` (aligned to multiples of the step since the
+  epoch) from the bucket holding ``from`` to the one holding ``to``; a point
+  covers the windows of its bucket that lie in ``[from, to)`` (so the edge
+  buckets may be partial, and the counts of a series add up to the summary's);
+  an empty bucket has count 0 and null metrics.
+- ``GET /api/v1/pipeline`` -> ``{"now", "horizon" (ISO or null), "horizon_ts"
+  (epoch or null before the first build), "batch": {"last_builds" (newest
+  first, at most 10), "built_at", "built_at_ts", "meta" (the view_meta row),
+  "view_rows": {table: rows}}, "speed": {"batch_id", "committed_at",
+  "committed_at_ts", "input_rows", "max_recv_ts", "max_recv", "horizon_ts",
+  "lag_s" (now - committed_at), "view_rows", "state" (state/speed.json, when
+  present)}, "collectors": {name: counters of state/collector-*.json}}``.
+- ``GET /healthz`` -> ``{"status": "ok", "views": {"batch": bool, "realtime": bool}}``.
+
+A window counts in a range ``[from, to)`` when its ``window_start`` lies in
+it.  Errors: see ``serving.errors``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import orjson
+from flask import Flask, Response, request
+from flask.json.provider import JSONProvider
+
+from healthmon.config import Settings
+from healthmon.schema import HEALTH_METRICS, NAME_RE
+from healthmon.state import read_runs, read_state, read_states
+from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
+from serving import queries
+from serving.errors import not_found, register_error_handlers
+from serving.params import STEP_LABELS, check_known, choose_step, iso, parse_range, parse_service
+
+API = "/api/v1"
+
+
+class OrjsonProvider(JSONProvider):
+    """JSON through orjson: several times faster than the stdlib; NaN/inf become null."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS), mimetype="application/json")
+
+
+def _avg(total, count):
+    return total / count if count and total is not None else None
+
+
+def _num(value):
+    """A float for JSON; None for SQL NULL and non-finite values."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Flask:
+    """The API's Flask app over ``settings.views_dir`` and ``settings.state_dir``; ``clock`` gives "now"."""
+    app = Flask("serving")
+    app.json = OrjsonProvider(app)
+    app.config["HEALTHMON_SETTINGS"] = settings
+    reader = ViewReader(settings.views_dir)
+    app.extensions["healthmon.reader"] = reader
+    register_error_handlers(app)
+
+    def connection():
+        return reader.connection()
+
+    def range_args(extra: tuple[str, ...]) -> tuple[float, float, int, int]:
+        check_known(request.args, ("from", "to", *extra))
+        frm, to = parse_range(request.args, clock(), settings.api_default_range_s)
+        # window_start is an integer: start >= from <=> start >= ceil(from); start < to <=> start < ceil(to)
+        return frm, to, math.ceil(frm), math.ceil(to)
+
+    @app.get(f"{API}/services")
+    def services():
+        check_known(request.args, ())
+        con = connection()
+        rows = queries.services(con, queries.horizon(con))
+        return {
+            "services": [
+                {"service": r["service"], "count": r["count"], "last_seen": iso(r["last_ts"]), "last_seen_ts": r["last_ts"]}
+                for r in rows
+            ]
+        }
+
+    @app.get(f"{API}/summary")
+    def summary():
+        frm, to, lo, hi = range_args(("service",))
+        service = parse_service(request.args.get("service"))
+        con = connection()
+        horizon = queries.horizon(con)
+        rows = queries.summary(con, lo, hi, horizon, service)
+        if service is not None and not rows and not queries.service_exists(con, service, horizon):
+            raise not_found(f"unknown service {service!r}")
+        out = []
+        for r in rows:
+            item = {"service": r["service"], "count": r["count"], "last_seen": iso(r["last_ts"])}
+            for m in HEALTH_METRICS:
+                item[m] = {"avg": _avg(r[f"{m}_sum"], r["count"]), "max": _num(r[f"{m}_max"])}
+            out.append(item)
+        return {
+            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
+            "horizon": iso(horizon) if horizon else None,
+            "services": out,
+        }
+
+    @app.get(f"{API}/services/<name>/series")
+    def series(name: str):
+        frm, to, lo, hi = range_args(("step",))
+        if not NAME_RE.match(name):
+            raise not_found(f"unknown service {name[:60]!r}")
+        step, first, n = choose_step(request.args.get("step"), frm, to, settings.window_s, settings.api_max_points)
+        con = connection()
+        horizon = queries.horizon(con)
+        rows = queries.series(con, name, lo, hi, step, horizon)
+        if not rows and not queries.service_exists(con, name, horizon):
+            raise not_found(f"unknown service {name!r}")
+        by_bucket = {r["bucket"]: r for r in rows}
+        empty = {m: {"avg": None, "min": None, "max": None} for m in HEALTH_METRICS}
+        points = []
+        for i in range(n):
+            start = first + i * step
+            r = by_bucket.get(start)
+            point = {"start": iso(start), "ts": start}
+            if r is None:
+                point["count"] = 0
+                point.update(empty)
+            else:
+                count = r["count"]
+                point["count"] = count
+                for m in HEALTH_METRICS:
+                    point[m] = {"avg": _avg(r[f"{m}_sum"], count), "min": _num(r[f"{m}_min"]), "max": _num(r[f"{m}_max"])}
+            points.append(point)
+        return {
+            "service": name, "step": STEP_LABELS[step], "step_s": step,
+            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
+            "horizon": iso(horizon) if horizon else None,
+            "points": points,
+        }
+
+    @app.get(f"{API}/pipeline")
+    def pipeline():
+        check_known(request.args, ())
+        now = clock()
+        con = connection()
+        horizon = queries.horizon(con)
+        meta = queries.view_meta(con)
+        progress = queries.speed_progress(con)
+        built_at = meta.get("built_at") if meta else None
+        progress = progress or {}
+        committed = progress.get("committed_at")
+        speed: dict = {
+            "batch_id": progress.get("batch_id"),
+            "committed_at": iso(committed),
+            "committed_at_ts": committed,
+            "input_rows": progress.get("input_rows"),
+            "max_recv_ts": progress.get("max_recv_ts"),
+            "max_recv": iso(progress.get("max_recv_ts")),
+            "horizon_ts": progress.get("horizon"),
+            "lag_s": None if committed is None else max(0.0, now - committed),
+        }
+        speed["view_rows"] = queries.table_rows(con, "rt")
+        state = read_state(settings.state_dir, "speed")
+        if state is not None:
+            speed["state"] = state
+        return {
+            "now": iso(now),
+            "horizon": iso(horizon) if horizon else None,
+            "horizon_ts": horizon or None,
+            "batch": {
+                "last_builds": read_runs(settings.state_dir)[:10],
+                "built_at": iso(built_at),
+                "built_at_ts": built_at,
+                "meta": meta,
+                "view_rows": queries.table_rows(con, "b"),
+            },
+            "speed": speed,
+            "collectors": read_states(settings.state_dir, "collector-"),
+        }
+
+    @app.get("/healthz")
+    def healthz():
+        views = settings.views_dir
+        return {"status": "ok", "views": {"batch": (views / BATCH_VIEW).exists(), "realtime": (views / REALTIME_VIEW).exists()}}
+
+    return app

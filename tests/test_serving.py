@@ -1,0 +1,412 @@
+"""The HTTP API over a real server: every endpoint, the error shape, and reads during view swaps.
+
+The module's server is a real ``healthmon serve`` process on a free port over
+view files built with ``healthmon.views.update_view``; a few tests that need an
+injected clock or different settings use the Flask test client.  The swap test
+starts its own ``healthmon serve`` and republishes both views dozens of times
+while several threads read: no error, and every answer is one of the
+consistent ones.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from healthmon.config import load_settings
+from healthmon.schema import HEALTH_METRICS
+from healthmon.state import append_run, write_state
+from healthmon.views import BATCH_VIEW, REALTIME_VIEW
+from serving.app import create_app
+from serving.params import iso
+from serving.server import ApiServer
+from tests.procs import start_healthmon, stop_process, wait_until
+from tests.test_merge_rule import (
+    assert_series,
+    assert_summary,
+    expected_series,
+    expected_summary,
+    make_messages,
+    message,
+    publish_batch,
+    publish_realtime,
+)
+
+S0 = 1704067200  # 2024-01-01T00:00:00Z
+HOUR = 3600
+HORIZON = S0 + 2 * HOUR
+END = S0 + 3 * HOUR
+COMMITTED_AT = END + 5.0
+SERVICES = ("alpha", "beta")
+MESSAGES = make_messages(S0, END, services=SERVICES, seed=3, mean_gap=20) + [message("alpha", HORIZON, 10.0)]
+
+COLLECTOR = {
+    "collector_id": "c1", "state": "running", "received": 10, "accepted": 7, "rejected": 3,
+    "rejected_by_reason": {"not_json": 2, "oversized": 1}, "landed_messages": 7,
+}
+
+
+def build_data(data_dir: Path) -> None:
+    settings = load_settings({"data_dir": str(data_dir)}, environ={})
+    publish_batch(settings.views_dir, MESSAGES, HORIZON, built_at=HORIZON + 300.0)
+    # Real-time rows from S0 + 1 h: the hour below the horizon is not expired yet.
+    publish_realtime(settings.views_dir, MESSAGES, S0 + HOUR, progress=(42, COMMITTED_AT, 17, COMMITTED_AT - 0.5, HORIZON))
+    write_state(settings.state_dir, "collector-c1", COLLECTOR)
+    write_state(settings.state_dir, "speed", {"state": "running", "batches": 43})
+    for i in range(12):
+        append_run(settings.state_dir, {"build_id": f"b{i}", "status": "ok", "horizon": HORIZON})
+
+
+def server_env(data_dir: Path, port: int) -> dict[str, str]:
+    return {"HEALTHMON_DATA_DIR": str(data_dir), "HEALTHMON_API_PORT": str(port)}
+
+
+def start_server(data_dir: Path, port: int):
+    proc = start_healthmon(["serve"], server_env(data_dir, port))
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, Path(proc.log_path).read_text()
+        return requests.get(f"{url}/healthz", timeout=1).ok
+
+    wait_until(up, 30, "API up", interval=0.05)
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("serving")
+    build_data(data_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc, url = start_server(data_dir, port)
+    yield url
+    assert stop_process(proc, timeout=10) == 0, Path(proc.log_path).read_text()
+    log = Path(proc.log_path).read_text()
+    assert f"API listening on {url}" in log
+
+
+def get(url: str, path: str, status: int = 200, **params) -> dict:
+    resp = requests.get(f"{url}{path}", params=params, timeout=10)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"] == "application/json"
+    return resp.json()
+
+
+def assert_error(resp: requests.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"] == "application/json"
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def test_healthz(api, tmp_path):
+    assert get(api, "/healthz") == {"status": "ok", "views": {"batch": True, "realtime": True}}
+    client = create_app(load_settings({"data_dir": str(tmp_path)}, environ={})).test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok", "views": {"batch": False, "realtime": False}}
+
+
+def test_services(api):
+    answer = get(api, "/api/v1/services")
+    assert [s["service"] for s in answer["services"]] == sorted(SERVICES)
+    for s in answer["services"]:
+        mine = [m for m in MESSAGES if m["service"] == s["service"]]
+        assert s["count"] == len(mine)
+        assert s["last_seen_ts"] == max(m["ts"] for m in mine)
+        assert s["last_seen"] == iso(s["last_seen_ts"]) and s["last_seen"].endswith("Z")
+
+
+def test_summary(api):
+    answer = get(api, "/api/v1/summary", **{"from": S0, "to": END})
+    assert answer["from"] == "2024-01-01T00:00:00Z" and answer["to"] == "2024-01-01T03:00:00Z"
+    assert answer["from_ts"] == S0 and answer["to_ts"] == END
+    assert_summary(answer, expected_summary(MESSAGES, S0, END))
+    shape = answer["services"][0]
+    assert set(shape) == {"service", "count", "last_seen", *HEALTH_METRICS}
+    assert all(set(shape[m]) == {"avg", "max"} for m in HEALTH_METRICS)
+
+
+def test_summary_one_service_and_empty_range(api):
+    answer = get(api, "/api/v1/summary", **{"from": S0 + 600, "to": HORIZON + 600, "service": "beta"})
+    exp = expected_summary(MESSAGES, S0 + 600, HORIZON + 600)
+    assert_summary(answer, {"beta": exp["beta"]})
+    # A known service with no message in the range: left out, not an error.
+    answer = get(api, "/api/v1/summary", **{"from": END + HOUR, "to": END + 2 * HOUR, "service": "beta"})
+    assert answer["services"] == []
+    assert get(api, "/api/v1/summary", **{"from": S0 - 2 * HOUR, "to": S0})["services"] == []
+
+
+def test_iso_and_epoch_give_the_same_answer(api):
+    epoch = get(api, "/api/v1/summary", **{"from": S0 + 1234, "to": HORIZON + 1800})
+    for frm, to in [
+        ("2024-01-01T00:20:34Z", "2024-01-01T02:30:00Z"),
+        ("2024-01-01T00:20:34", "2024-01-01T02:30:00+00:00"),
+        ("2024-01-01T02:20:34+02:00", "2024-01-01T01:30:00-01:00"),
+        ("2024-01-01 00:20:34.000Z", "2024-01-01T02:30:00.000z"),
+        (f"{S0 + 1234}.0", f"{HORIZON + 1800}"),
+    ]:
+        assert get(api, "/api/v1/summary", **{"from": frm, "to": to}) == epoch, (frm, to)
+    series = get(api, "/api/v1/services/alpha/series", **{"from": S0, "to": END, "step": "5m"})
+    assert get(api, "/api/v1/services/alpha/series", **{"from": "2024-01-01T00:00Z", "to": "2024-01-01T03:00Z", "step": "300"}) == series
+
+
+@pytest.mark.parametrize("step", ["60s", "5m", "1h", "1d"])
+def test_series(api, step):
+    frm, to = S0 + 610.5, END - 10
+    answer = get(api, "/api/v1/services/beta/series", **{"from": frm, "to": to, "step": step})
+    assert answer["service"] == "beta" and answer["step"] == step
+    assert answer["from"] == iso(frm) and answer["to"] == iso(to)
+    assert_series(answer, expected_series(MESSAGES, "beta", frm, to, answer["step_s"]))
+    point = answer["points"][0]
+    assert set(point) == {"start", "ts", "count", *HEALTH_METRICS}
+    assert all(set(point[m]) == {"avg", "min", "max"} for m in HEALTH_METRICS)
+
+
+def test_series_default_step_and_empty_steps(api):
+    answer = get(api, "/api/v1/services/alpha/series", **{"from": S0, "to": END})
+    assert answer["step"] == "60s" and len(answer["points"]) == 180
+    answer = get(api, "/api/v1/services/alpha/series", **{"from": S0, "to": S0 + 3 * 86400})
+    assert answer["step"] == "1h" and len(answer["points"]) == 72  # 5m would give 864 points
+    empty = [p for p in answer["points"] if p["ts"] >= END]
+    assert empty and all(p["count"] == 0 and p["cpu_pct"] == {"avg": None, "min": None, "max": None} for p in empty)
+    assert sum(p["count"] for p in answer["points"]) == sum(1 for m in MESSAGES if m["service"] == "alpha")
+
+
+def test_pipeline(api):
+    answer = get(api, "/api/v1/pipeline")
+    assert answer["horizon"] == iso(HORIZON) and answer["horizon_ts"] == HORIZON
+    assert answer["collectors"] == {"collector-c1": COLLECTOR}
+    batch = answer["batch"]
+    assert [b["build_id"] for b in batch["last_builds"]] == [f"b{i}" for i in range(11, 1, -1)]
+    assert batch["built_at"] == iso(HORIZON + 300) and batch["built_at_ts"] == HORIZON + 300
+    assert batch["view_rows"]["health_window"] > 0 and batch["view_rows"]["health_hour"] == 2 * len(SERVICES)
+    assert batch["view_rows"]["health_day"] == len(SERVICES)
+    speed = answer["speed"]
+    assert speed["batch_id"] == 42 and speed["committed_at"] == iso(COMMITTED_AT)
+    assert speed["max_recv_ts"] == COMMITTED_AT - 0.5
+    assert speed["lag_s"] > 0  # the real clock of the server process
+    assert speed["state"] == {"state": "running", "batches": 43}
+    assert speed["view_rows"]["health_window"] > 0
+
+
+def test_pipeline_lag_and_default_range_use_the_injected_clock(api, tmp_path):
+    build_data(tmp_path)
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    client = create_app(settings, clock=lambda: COMMITTED_AT + 2.5).test_client()
+    assert client.get("/api/v1/pipeline").get_json()["speed"]["lag_s"] == 2.5
+    # No from/to: the last api_default_range_s (3600 s) before now.
+    client = create_app(settings, clock=lambda: float(END)).test_client()
+    answer = client.get("/api/v1/summary").get_json()
+    assert answer["from_ts"] == END - 3600 and answer["to_ts"] == END
+    assert answer == get(api, "/api/v1/summary", **{"from": END - 3600, "to": END})
+    answer = client.get("/api/v1/summary", query_string={"to": S0 + 1800}).get_json()
+    assert answer["from_ts"] == S0 + 1800 - 3600
+    answer = client.get("/api/v1/services/alpha/series").get_json()
+    assert answer["step"] == "60s" and len(answer["points"]) == 60 and answer["points"][-1]["ts"] == END - 60
+
+
+def test_no_views_yet(tmp_path):
+    client = create_app(load_settings({"data_dir": str(tmp_path)}, environ={})).test_client()
+    assert client.get("/api/v1/services").get_json() == {"services": []}
+    assert client.get("/api/v1/summary").get_json()["services"] == []
+    pipeline = client.get("/api/v1/pipeline").get_json()
+    assert pipeline["horizon"] is None and pipeline["horizon_ts"] is None and pipeline["collectors"] == {}
+    assert pipeline["speed"]["batch_id"] is None and pipeline["batch"]["last_builds"] == []
+    assert_error(_Resp(client.get("/api/v1/services/alpha/series")), 404, "not_found")
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "path,params",
+    [
+        ("/api/v1/summary", {"from": "yesterday"}),
+        ("/api/v1/summary", {"to": "2024-13-01T00:00:00Z"}),
+        ("/api/v1/summary", {"from": "nan", "to": S0}),
+        ("/api/v1/summary", {"from": "-5", "to": S0}),
+        ("/api/v1/summary", {"from": ""}),
+        ("/api/v1/summary", {"from": S0, "to": S0}),
+        ("/api/v1/summary", {"from": END, "to": S0}),
+        ("/api/v1/summary", {"from": S0, "to": END, "service": "bad name!"}),
+        ("/api/v1/summary", {"form": S0}),
+        ("/api/v1/services", {"x": 1}),
+        ("/api/v1/services/alpha/series", {"from": S0, "to": END, "step": "7m"}),
+        ("/api/v1/services/alpha/series", {"from": S0, "to": END, "step": "fast"}),
+        ("/api/v1/services/alpha/series", {"from": S0, "to": END, "step": "30s"}),
+        ("/api/v1/services/alpha/series", {"from": S0, "to": S0 + 10 * 86400, "step": "60s"}),
+        ("/api/v1/services/alpha/series", {"from": "2024-01-01T00:00:00Z", "to": "2023-12-31T00:00:00Z"}),
+    ],
+)
+def test_bad_parameters(api, path, params):
+    assert_error(requests.get(f"{api}{path}", params=params, timeout=10), 400, "bad_parameter")
+
+
+def test_too_many_points_names_the_limit(api):
+    resp = requests.get(f"{api}/api/v1/services/alpha/series", params={"from": S0, "to": S0 + 10 * 86400, "step": "60s"}, timeout=10)
+    assert "5000" in resp.json()["error"]["message"]
+
+
+def test_step_below_the_base_window(tmp_path):
+    build_data(tmp_path)
+    settings = load_settings({"data_dir": str(tmp_path), "window_s": 300}, environ={})
+    client = create_app(settings).test_client()
+    resp = client.get("/api/v1/services/alpha/series", query_string={"from": S0, "to": END, "step": "60s"})
+    assert_error(_Resp(resp), 400, "bad_parameter")
+    answer = client.get("/api/v1/services/alpha/series", query_string={"from": S0, "to": END}).get_json()
+    assert answer["step"] == "5m"
+
+
+def test_unknown_service(api):
+    assert_error(requests.get(f"{api}/api/v1/services/nobody/series", params={"from": S0, "to": END}, timeout=10), 404, "not_found")
+    assert_error(requests.get(f"{api}/api/v1/services/no%20body/series", timeout=10), 404, "not_found")
+    assert_error(requests.get(f"{api}/api/v1/summary", params={"from": S0, "to": END, "service": "nobody"}, timeout=10), 404, "not_found")
+
+
+def test_unknown_url_and_wrong_method(api):
+    for path in ("/nope", "/api/v1/nope", "/api/v1/services/alpha", "/api/v1/services/"):
+        assert_error(requests.get(f"{api}{path}", timeout=10), 404, "not_found")
+    for method in ("post", "put", "delete"):
+        resp = getattr(requests, method)(f"{api}/api/v1/summary", timeout=10)
+        assert_error(resp, 405, "method_not_allowed")
+        assert "GET" in resp.headers["Allow"]
+
+
+def test_internal_error_is_json(tmp_path):
+    app = create_app(load_settings({"data_dir": str(tmp_path)}, environ={}))
+
+    def boom():
+        raise RuntimeError("kaput")
+
+    app.add_url_rule("/boom", "boom", boom)
+    assert_error(_Resp(app.test_client().get("/boom")), 500, "internal_error")
+
+
+class _Resp:
+    """A Flask test response seen through the requests.Response attributes that assert_error uses."""
+
+    def __init__(self, resp) -> None:
+        self.status_code = resp.status_code
+        self.headers = resp.headers
+        self.text = resp.get_data(as_text=True)
+        self._json = resp.get_json()
+
+    def json(self):
+        return self._json
+
+
+# ---------------------------------------------------------------- the server object, and reads during swaps
+
+
+def test_api_server_in_a_thread(tmp_path, free_tcp_port):
+    build_data(tmp_path)
+    settings = load_settings({"data_dir": str(tmp_path), "api_port": free_tcp_port, "api_threads": 2}, environ={})
+    server = ApiServer(settings)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert server.url == f"http://127.0.0.1:{free_tcp_port}"
+        assert get(server.url, "/healthz")["status"] == "ok"
+    finally:
+        server.stop(wait=5)
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_readers_never_see_an_error_or_a_half_written_view(tmp_path, free_tcp_port):
+    """Two views republished dozens of times (the horizon moving back and forth, new real-time rows
+    arriving) while 3 threads read: zero errors, and every answer is one of the consistent values."""
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    horizons = (S0 + HOUR, S0 + 2 * HOUR)
+    # Version j of the real-time view holds the first j extra messages (all above both horizons).
+    extras = [message(SERVICES[j % 2], END - 1800 + 7 * j + 0.25, float(j % 100), 30.0 + j % 7, 60.0) for j in range(17)]
+    versions = [MESSAGES + extras[:j] for j in range(len(extras) + 1)]
+
+    def summary_key(answer: dict) -> tuple:
+        """The exact part of an answer: per service its count and maxima."""
+        return tuple((s["service"], s["count"], *(s[m]["max"] for m in HEALTH_METRICS)) for s in answer["services"])
+
+    # Every consistent answer, by its exact part; with the averages it must carry.
+    valid_summaries: dict[tuple, dict] = {}
+    for msgs in versions:
+        exp = expected_summary(msgs, S0, END)
+        key = tuple((name, exp[name]["count"], *(exp[name][m]["max"] for m in HEALTH_METRICS)) for name in sorted(exp))
+        valid_summaries[key] = {name: [exp[name][m]["avg"] for m in HEALTH_METRICS] for name in exp}
+    valid_totals = {len(v) for v in versions}
+    assert len(valid_summaries) == len(versions)
+
+    def consistent(answer: dict) -> bool:
+        avgs = valid_summaries.get(summary_key(answer))
+        return avgs is not None and all(
+            math.isclose(s[m]["avg"], avgs[s["service"]][i], rel_tol=1e-12)
+            for s in answer["services"]
+            for i, m in enumerate(HEALTH_METRICS)
+        )
+
+    publish_batch(settings.views_dir, MESSAGES, horizons[0])
+    publish_realtime(settings.views_dir, versions[0], S0)
+    proc, url = start_server(tmp_path, free_tcp_port)
+    stop = threading.Event()
+    errors: list[str] = []
+    seen: set = set()
+    reads = [0]
+    lock = threading.Lock()
+
+    def reader(n: int) -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                if n % 2 == 0:
+                    resp = session.get(f"{url}/api/v1/summary", params={"from": S0, "to": END}, timeout=10)
+                    ok = resp.status_code == 200 and consistent(resp.json())
+                    key = summary_key(resp.json()) if resp.status_code == 200 else None
+                else:
+                    resp = session.get(f"{url}/api/v1/services", timeout=10)
+                    ok = resp.status_code == 200 and sum(s["count"] for s in resp.json()["services"]) in valid_totals
+                    key = None
+                with lock:
+                    reads[0] += 1
+                    if key is not None:
+                        seen.add(key)
+                    if not ok:
+                        errors.append(f"{resp.status_code}: {resp.text[:300]}")
+            except Exception as exc:  # noqa: BLE001 - any failure is what this test looks for
+                with lock:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(3)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    swaps = 0
+    try:
+        for j in range(1, len(versions)):
+            publish_realtime(settings.views_dir, versions[j], S0)
+            publish_batch(settings.views_dir, MESSAGES, horizons[j % 2])
+            swaps += 2
+        while time.monotonic() - started < 3.0:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+        rc = stop_process(proc, timeout=10)
+    assert swaps >= 30
+    assert errors == [], errors[:5]
+    assert reads[0] > 100
+    assert len(seen) > 1  # the readers did see the views change
+    assert rc == 0
+    for name in (BATCH_VIEW, REALTIME_VIEW):
+        assert (settings.views_dir / name).exists()

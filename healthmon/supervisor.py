@@ -48,7 +48,7 @@ def _announce_when_ready(url: str, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             if requests.get(f"{url}/healthz", timeout=1).ok:
-                print(f"\n  healthmon is up: dashboard and API at {url}/  (summary: {url}/api/v1/summary)\n", flush=True)
+                print(f"\n  healthmon is up: API at {url}/  (try {url}/api/v1/summary)\n", flush=True)
                 return
         except requests.RequestException:
             pass

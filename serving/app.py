@@ -215,4 +215,12 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         views = settings.views_dir
         return {"status": "ok", "views": {"batch": (views / BATCH_VIEW).exists(), "realtime": (views / REALTIME_VIEW).exists()}}
 
+    @app.get("/")
+    def index():
+        """What this API answers (the dashboard comes here later)."""
+        endpoints = sorted(
+            {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint not in ("static", "index")}
+        )
+        return {"name": "healthmon", "endpoints": endpoints}
+
     return app

@@ -118,6 +118,11 @@ def test_healthz(api, tmp_path):
     assert client.get("/healthz").get_json() == {"status": "ok", "views": {"batch": False, "realtime": False}}
 
 
+def test_index_lists_the_endpoints(api):
+    endpoints = get(api, "/")["endpoints"]
+    assert {"/healthz", "/api/v1/services", "/api/v1/summary", "/api/v1/services/<name>/series", "/api/v1/pipeline"} <= set(endpoints)
+
+
 def test_services(api):
     answer = get(api, "/api/v1/services")
     assert [s["service"] for s in answer["services"]] == sorted(SERVICES)

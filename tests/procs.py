@@ -12,7 +12,8 @@ from collections.abc import Callable
 HEALTHMON = [sys.executable, "-m", "healthmon.cli"]
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
+def healthmon_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment without any HEALTHMON_* variable, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
     env.update(extra)
     return env
@@ -23,14 +24,14 @@ def start_healthmon(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     log_dir = os.path.join(env.get("HEALTHMON_DATA_DIR", "."), "logs")
     os.makedirs(log_dir, exist_ok=True)
     log = open(os.path.join(log_dir, f"{args[0]}.log"), "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([*HEALTHMON, *args], env=_env(env), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*HEALTHMON, *args], env=healthmon_env(env), stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log.name
     return proc
 
 
 def run_healthmon(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run ``healthmon <args>`` to completion; fail with its output if it fails."""
-    done = subprocess.run([*HEALTHMON, *args], env=_env(env), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([*HEALTHMON, *args], env=healthmon_env(env), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"healthmon {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done
 

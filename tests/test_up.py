@@ -24,7 +24,9 @@ def _free_port(kind: int) -> int:
 
 def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path):
     udp_port, api_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
-    env = healthmon_env({"HEALTHMON_DATA_DIR": str(tmp_path / "var"), "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)})
+    env = healthmon_env(
+        {"HEALTHMON_DATA_DIR": str(tmp_path / "var"), "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)}
+    )
     log = open(tmp_path / "up.log", "w+b")  # noqa: SIM115 - read back below
     proc = subprocess.Popen([sys.executable, "-m", "healthmon.cli", "up", "--mock", "--mock-services", "3"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

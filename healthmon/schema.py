@@ -55,6 +55,7 @@ REASONS: dict[str, str] = {
     "bad_name": "a service/host/interface name breaks [A-Za-z0-9._:-]{1,128}",
     "bad_timestamp": "ts is not epoch seconds or ISO-8601, or is out of range",
     "free_exceeds_total": "free capacity is larger than total capacity",
+    "internal_error": "the validator itself failed (a bug): the datagram is kept for inspection",
 }
 
 

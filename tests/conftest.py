@@ -1,0 +1,31 @@
+"""Shared fixtures: free ports on 127.0.0.1 and a fresh data directory."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port(socket.SOCK_DGRAM)
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port(socket.SOCK_STREAM)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A fresh HEALTHMON_DATA_DIR for one test."""
+    return tmp_path

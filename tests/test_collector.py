@@ -1,0 +1,366 @@
+"""The UDP collector as a real process: real sockets, real files, real signals."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from healthmon import schema
+from healthmon.landing import hour_partition
+
+REPO = Path(__file__).resolve().parents[1]
+STATE_NAME = "collector-c1.json"
+
+
+def collector_env(data_dir: Path, port: int, **settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update({"HEALTHMON_DATA_DIR": str(data_dir), "HEALTHMON_UDP_PORT": str(port), "HEALTHMON_STATS_INTERVAL_S": "0.1"})
+    env.update({f"HEALTHMON_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def read_counters(data_dir: Path) -> dict | None:
+    try:
+        return orjson.loads((data_dir / "state" / STATE_NAME).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+
+
+class Collector:
+    """``healthmon collect`` in a subprocess, started and waited for until it listens."""
+
+    def __init__(self, data_dir: Path, port: int, **settings) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.log_path = data_dir / "collector.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "healthmon.cli", "collect"],
+            env=collector_env(data_dir, port, **settings), cwd=data_dir, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            counters = read_counters(data_dir)
+            if counters and counters.get("pid") == self.proc.pid and counters.get("state") == "running":
+                self.run_id = counters["run_id"]
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"collector did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_counters(self, predicate, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counters = read_counters(self.data_dir)
+            if counters and predicate(counters):
+                return counters
+            time.sleep(0.05)
+        raise AssertionError(f"counters never matched: {read_counters(self.data_dir)}")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10) -> int:
+        """Send ``sig`` (unless None) and wait for the exit status."""
+        if sig is not None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+
+
+@pytest.fixture
+def start_collector(data_dir, free_udp_port):
+    started: list[Collector] = []
+
+    def start(**settings) -> Collector:
+        collector = Collector(data_dir, free_udp_port, **settings)
+        started.append(collector)
+        return collector
+
+    yield start
+    for collector in started:
+        if collector.proc.poll() is None:
+            collector.proc.kill()
+            collector.proc.wait()
+        collector.log.close()
+
+
+def send_all(port: int, datagrams: list[bytes]) -> int:
+    """Send over a real UDP socket, pausing now and then so loopback never drops; the source port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        for i, data in enumerate(datagrams, 1):
+            sock.sendto(data, ("127.0.0.1", port))
+            if i % 100 == 0:
+                time.sleep(0.002)
+        return sock.getsockname()[1]
+
+
+def published(root: Path) -> list[Path]:
+    """Published files under ``root`` (hidden names skipped, as every reader does)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(root).parts))
+
+
+def hidden_files(data_dir: Path) -> list[Path]:
+    return [p for p in data_dir.rglob("*") if p.name.startswith(("_", ".")) or p.name.endswith(".tmp")]
+
+
+def landed_rows(data_dir: Path) -> list[tuple[Path, dict]]:
+    return [(path, orjson.loads(line)) for path in published(data_dir / "landing" / "raw")
+            for line in path.read_bytes().splitlines()]
+
+
+def dead_letters(data_dir: Path) -> list[tuple[Path, dict]]:
+    return [(path, orjson.loads(line)) for path in published(data_dir / "landing" / "deadletter")
+            for line in path.read_bytes().splitlines()]
+
+
+# ---------------------------------------------------------------- what the tests send
+
+
+def valid_messages(now: float, count: int) -> list[dict]:
+    """``count`` canonical health messages with unique services, some an hour old, some with host/net."""
+    rng = random.Random(7)
+    out = []
+    for i in range(count):
+        ram_total = rng.choice([8, 16, 32.0, 64])
+        disk_total = rng.choice([256, 512.5, 1024])
+        msg = {
+            "service": f"svc-{i:04d}",
+            "ts": round(now - rng.uniform(0, 5) - (3600 if i % 5 == 0 else 0), 6),
+            "cpu_pct": round(rng.uniform(0, 100), 3),
+            "ram_total_gb": ram_total,
+            "ram_free_gb": round(rng.uniform(0, ram_total), 3),
+            "disk_total_gb": disk_total,
+            "disk_free_gb": round(rng.uniform(0, disk_total), 3),
+        }
+        if i % 3 == 0:
+            msg["host"] = f"host-{i % 7}"
+        if i % 4 == 0:
+            msg["net"] = {"eth0": {"rx_bps": rng.randint(0, 10**9), "tx_bps": round(rng.uniform(0, 1e6), 2)}}
+        out.append(msg)
+    return out
+
+
+def invalid_datagrams(now: float, per_kind: int) -> list[tuple[str, bytes]]:
+    """(expected reason, datagram): several of each kind, every datagram unique."""
+    base = {"service": "bad", "ts": now, "cpu_pct": 1, "ram_total_gb": 2, "ram_free_gb": 1, "disk_total_gb": 2, "disk_free_gb": 1}
+    out = []
+    for i in range(per_kind):
+        out += [
+            ("oversized", b'{"service": "big", "pad": "' + b"x" * (16384 + i) + b'"}'),
+            ("oversized", bytes([i % 256]) * 30000),
+            ("not_utf8", b'{"service": "\xff\xfe", "i": %d}' % i),
+            ("not_json", b"garbage %d" % i),
+            ("not_object", b"[%d]" % i),
+            ("unknown_type", orjson.dumps({**base, "type": f"kind{i}"})),
+            ("missing_field", orjson.dumps({k: v for k, v in base.items() if k != "cpu_pct"} | {"i": i})),
+            ("wrong_type", orjson.dumps({**base, "cpu_pct": str(i)})),
+            ("out_of_range", orjson.dumps({**base, "cpu_pct": 101 + i})),
+            ("bad_name", orjson.dumps({**base, "service": f"bad name {i}"})),
+            ("bad_timestamp", orjson.dumps({**base, "ts": f"not a time {i}"})),
+            ("bad_timestamp", orjson.dumps({**base, "ts": now + 86400 + i})),
+            ("free_exceeds_total", orjson.dumps({**base, "ram_free_gb": 3 + i})),
+        ]
+    return out
+
+
+def expected_row(message: dict) -> dict:
+    return {"type": "health", **message}
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_lands_valid_and_deadletters_invalid(start_collector, data_dir):
+    collector = start_collector(segment_max_seconds=0.2)
+    now = time.time()
+    valid = valid_messages(now, 400)
+    # the original client's format has no host and no net
+    seed003 = [{k: v for k, v in m.items() if k not in ("host", "net")} | {"service": f"seed-{i:03d}"}
+               for i, m in enumerate(valid_messages(now, 30))]
+    invalid = invalid_datagrams(now, 3)
+    sends = [schema.encode(m) for m in valid] + [schema.encode_seed003(m) for m in seed003] + [d for _, d in invalid]
+    random.Random(1).shuffle(sends)
+    k, m = len(valid) + len(seed003), len(invalid)
+
+    first = send_all(collector.port, sends[: len(sends) // 2])
+    collector.wait_counters(lambda c: c["landed_messages"] + c["deadletter_messages"] == len(sends) // 2)  # by the timer
+    second = send_all(collector.port, sends[len(sends) // 2:])  # these are published at SIGTERM
+    assert collector.stop() == 0, collector.output()
+    assert f"collector listening on udp://127.0.0.1:{collector.port}" in collector.output()
+
+    # exactly K landed lines, unique ids of this run counting from 0, values as sent, in their hour partition
+    rows = landed_rows(data_dir)
+    assert len(rows) == k
+    ids = [row["id"] for _, row in rows]
+    assert len(set(ids)) == k
+    prefix = f"c1-{collector.run_id}-"
+    assert sorted(int(i.removeprefix(prefix)) for i in ids) == list(range(k))
+    by_service = {row["service"]: (path, row) for path, row in rows}
+    for msg in valid:
+        path, row = by_service[msg["service"]]
+        assert {key: value for key, value in row.items() if key not in ("id", "recv_ts")} == expected_row(msg)
+        assert f"raw/type=health/{hour_partition(msg['ts'])}/" in path.as_posix()
+        assert now - 1 < row["recv_ts"] < time.time()
+    for msg in seed003:
+        _, row = by_service[msg["service"]]
+        for key, value in msg.items():
+            assert row[key] == pytest.approx(value, abs=1e-6), key
+
+    # exactly M dead letters, with the right reason and the exact bytes
+    letters = dead_letters(data_dir)
+    assert len(letters) == m
+    expected = collections.Counter(invalid)
+    got = collections.Counter((row["reason"], base64.b64decode(row["raw_b64"])) for _, row in letters)
+    assert got == expected
+    for path, row in letters:
+        assert row["source"] in (f"127.0.0.1:{first}", f"127.0.0.1:{second}")
+        assert set(row) == {"recv_ts", "source", "reason", "detail", "raw_b64"}
+        assert f"deadletter/{hour_partition(row['recv_ts'])}/" in path.as_posix()
+
+    # segment names: <collector>-<run>-<seq>, one counter for raw and dead letters
+    names = [p.name for p in published(data_dir / "landing")]
+    assert all(re.fullmatch(rf"c1-{collector.run_id}-\d{{6}}\.jsonl", n) for n in names), names
+    assert sorted(int(n[-12:-6]) for n in names) == list(range(len(names)))
+
+    counters = read_counters(data_dir)
+    reasons = collections.Counter(reason for reason, _ in invalid)
+    assert counters["received"] == k + m, "the kernel dropped datagrams (or the collector lost some)"
+    assert (counters["accepted"], counters["rejected"]) == (k, m)
+    assert counters["rejected_by_reason"] == dict(reasons)
+    assert counters["landed_messages"] == k and counters["deadletter_messages"] == m
+    assert counters["landed_segments"] + counters["deadletter_segments"] == len(names)
+    assert counters["pending_segments"] == 0 and counters["open_segments"] == 0
+    assert counters["state"] == "stopped"
+    assert counters["started_at"] <= counters["updated_at"]
+    assert hidden_files(data_dir) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_publishes_open_segments(start_collector, data_dir, sig):
+    collector = start_collector(segment_max_seconds=30)
+    now = time.time()
+    messages = valid_messages(now, 10)
+    send_all(collector.port, [schema.encode(m) for m in messages] + [b"nope", b"[]"])
+    counters = collector.wait_counters(lambda c: c["received"] == 12)
+    assert counters["landed_messages"] == 0 and counters["open_segments"] >= 2
+    assert published(data_dir / "landing") == []
+
+    assert collector.stop(sig) == 0, collector.output()
+    assert sorted(row["service"] for _, row in landed_rows(data_dir)) == [m["service"] for m in messages]
+    assert sorted(row["reason"] for _, row in dead_letters(data_dir)) == ["not_json", "not_object"]
+    counters = read_counters(data_dir)
+    assert (counters["received"], counters["accepted"], counters["rejected"]) == (12, 10, 2)
+    assert counters["landed_messages"] == 10 and counters["deadletter_messages"] == 2
+    assert counters["state"] == "stopped"
+    assert hidden_files(data_dir) == []
+
+
+def test_segments_are_published_while_running(start_collector, data_dir):
+    collector = start_collector(segment_max_seconds=0.2)
+    send_all(collector.port, [schema.encode(m) for m in valid_messages(time.time(), 5)])
+    counters = collector.wait_counters(lambda c: c["landed_messages"] == 5, timeout=5)
+    assert counters["pending_segments"] == 0
+    assert len(landed_rows(data_dir)) == 5
+    # a second batch goes to new segments; nothing already published changes
+    before = {p: p.read_bytes() for p in published(data_dir / "landing")}
+    send_all(collector.port, [schema.encode(m) for m in valid_messages(time.time(), 7)])
+    collector.wait_counters(lambda c: c["landed_messages"] == 12, timeout=5)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert collector.stop() == 0
+
+
+def test_segment_max_bytes_closes_segments(start_collector, data_dir):
+    collector = start_collector(segment_max_seconds=30, segment_max_bytes=4096)
+    messages = [{**m, "ts": time.time()} for m in valid_messages(time.time(), 100)]  # one hour partition
+    send_all(collector.port, [schema.encode(m) for m in messages])
+    collector.wait_counters(lambda c: c["landed_segments"] >= 3, timeout=5)  # ~22 KB of lines, 30 s timer
+    assert collector.stop() == 0
+    files = published(data_dir / "landing" / "raw")
+    assert len(files) >= 5
+    assert all(f.stat().st_size < 4096 + 400 for f in files)
+    assert len(landed_rows(data_dir)) == 100
+
+
+@pytest.mark.parametrize("value", ["notanumber", "70000", "-1"])
+def test_bad_udp_port_setting_fails_fast(data_dir, value):
+    env = collector_env(data_dir, 0)
+    env["HEALTHMON_UDP_PORT"] = value
+    proc = subprocess.run([sys.executable, "-m", "healthmon.cli", "collect"], env=env, cwd=data_dir,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "udp_port" in proc.stderr
+
+
+def test_port_in_use_fails(data_dir, free_udp_port):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", free_udp_port))
+        proc = subprocess.run([sys.executable, "-m", "healthmon.cli", "collect"], env=collector_env(data_dir, free_udp_port),
+                              cwd=data_dir, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert f"udp://127.0.0.1:{free_udp_port}" in proc.stderr
+
+
+def test_unreachable_store_keeps_segments_and_shutdown_waits(start_collector, data_dir):
+    """A publish that fails is retried with backoff, never dropped; SIGTERM waits for it."""
+    blocker = data_dir / "landing" / "raw"  # a file where the raw/ directory should be: every raw publish fails
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"")
+    collector = start_collector(segment_max_seconds=0.2)
+    messages = valid_messages(time.time(), 20)
+    send_all(collector.port, [schema.encode(m) for m in messages] + [b"bad"])
+    # segments are published in order: the dead-letter segment waits behind the raw ones
+    counters = collector.wait_counters(lambda c: c["publish_errors"] >= 2 and c["received"] == 21 and c["open_segments"] == 0)
+    assert counters["pending_segments"] >= 2 and counters["landed_messages"] == 0
+    assert "publish" in collector.output() and "failed" in collector.output()
+
+    collector.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert collector.proc.poll() is None, "the collector must not exit with unpublished segments"
+    assert read_counters(data_dir)["state"] == "stopping"
+    blocker.unlink()  # the store is back
+    assert collector.stop(None, timeout=15) == 0, collector.output()
+    assert sorted(row["service"] for _, row in landed_rows(data_dir)) == [m["service"] for m in messages]
+    counters = read_counters(data_dir)
+    assert counters["landed_messages"] == 20 and counters["deadletter_messages"] == 1 and counters["pending_segments"] == 0
+    assert counters["state"] == "stopped"
+    assert hidden_files(data_dir) == []
+
+
+def test_second_signal_gives_up_on_an_unreachable_store(start_collector, data_dir):
+    blocker = data_dir / "landing" / "raw"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"")
+    collector = start_collector(segment_max_seconds=0.2)
+    send_all(collector.port, [schema.encode(m) for m in valid_messages(time.time(), 5)])
+    collector.wait_counters(lambda c: c["publish_errors"] >= 1)
+    collector.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert collector.proc.poll() is None
+    assert collector.stop(signal.SIGTERM) == 1
+    assert "NOT published" in collector.output()
+    counters = read_counters(data_dir)
+    assert counters["state"] == "stopped_with_loss" and counters["pending_segments"] >= 1

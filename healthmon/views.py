@@ -97,7 +97,7 @@ def create_schema(con: duckdb.DuckDBPyConnection, catalog: str | None = None) ->
     )
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {q}speed_progress (batch_id BIGINT, committed_at DOUBLE,"
-        " input_rows BIGINT, max_recv_ts DOUBLE, horizon BIGINT)"
+        " input_rows BIGINT, max_event_ts DOUBLE, horizon BIGINT)"
     )
 
 

@@ -29,7 +29,7 @@ seconds):
   (epoch or null before the first build), "batch": {"last_builds" (newest
   first, at most 10), "built_at", "built_at_ts", "meta" (the view_meta row),
   "view_rows": {table: rows}}, "speed": {"batch_id", "committed_at",
-  "committed_at_ts", "input_rows", "max_recv_ts", "max_recv", "horizon_ts",
+  "committed_at_ts", "input_rows", "max_event_ts", "max_event", "horizon_ts",
   "lag_s" (now - committed_at), "view_rows", "state" (state/speed.json, when
   present)}, "collectors": {name: counters of state/collector-*.json}}``.
 - ``GET /healthz`` -> ``{"status": "ok", "views": {"batch": bool, "realtime": bool}}``.
@@ -186,8 +186,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             "committed_at": iso(committed),
             "committed_at_ts": committed,
             "input_rows": progress.get("input_rows"),
-            "max_recv_ts": progress.get("max_recv_ts"),
-            "max_recv": iso(progress.get("max_recv_ts")),
+            "max_event_ts": progress.get("max_event_ts"),
+            "max_event": iso(progress.get("max_event_ts")),
             "horizon_ts": progress.get("horizon"),
             "lag_s": None if committed is None else max(0.0, now - committed),
         }

@@ -18,6 +18,8 @@ import signal
 import threading
 import time
 
+import pyarrow.compute as pc
+
 from healthmon.config import Settings
 from healthmon.landing import open_landing, raw_dir
 from healthmon.schema import spark_schema
@@ -29,54 +31,53 @@ log = logging.getLogger(__name__)
 MSG_TYPE = "health"
 
 
-def apply_micro_batch(settings: Settings, windows, batch_id: int, input_rows: int, max_recv_ts: float | None) -> dict:
+def apply_micro_batch(settings: Settings, windows, batch_id: int) -> dict:
     """Upsert one micro-batch's window aggregates (an Arrow table) into the real-time view, once."""
+    input_rows = pc.sum(windows["count"]).as_py() or 0
+    max_event_ts = pc.max(windows["last_ts"]).as_py()
 
     def change(con) -> dict:
         (last,) = con.execute("SELECT max(batch_id) FROM speed_progress").fetchone()
         if last is not None and batch_id <= last:
-            return {"batch_id": batch_id, "skipped": True}
+            return {"batch_id": batch_id, "skipped": True, "input_rows": input_rows}
         horizon = read_view_horizon(settings.views_dir / BATCH_VIEW)
         con.execute("DELETE FROM health_window WHERE window_start < ?", [horizon])
         con.register("batch_windows", windows)
         con.execute(f"CREATE TEMP TABLE incoming AS SELECT {', '.join(HEALTH_COLUMNS)} FROM batch_windows WHERE window_start >= {horizon}")
         con.unregister("batch_windows")
-        (upserted,) = con.execute("SELECT count(*) FROM incoming").fetchone()
         con.execute(upsert_sql("health_window", "incoming"))
         con.execute("DELETE FROM speed_progress")
         con.execute(
-            "INSERT INTO speed_progress VALUES (?, ?, ?, ?, ?)", [batch_id, time.time(), input_rows, max_recv_ts, horizon]
+            "INSERT INTO speed_progress VALUES (?, ?, ?, ?, ?)", [batch_id, time.time(), input_rows, max_event_ts, horizon]
         )
-        return {"batch_id": batch_id, "skipped": False, "windows": upserted, "horizon": horizon}
+        return {"batch_id": batch_id, "skipped": False, "input_rows": input_rows, "max_event_ts": max_event_ts}
 
     return update_view(settings.views_dir / REALTIME_VIEW, change)
 
 
 def make_foreach_batch(settings: Settings):
-    """The ``foreachBatch`` function: same transform as batch, then the exactly-once upsert."""
-    from pyspark.sql import functions as F
+    """The ``foreachBatch`` function: same transform as batch, then the exactly-once upsert.
 
+    One Spark job per micro-batch (the windows, collected as Arrow); the input
+    row count and newest event time are read off the windows, not recounted.
+    """
     from batch_jobs.transforms import complete_lines, health_windows
 
     stats = {"micro_batches": 0, "input_rows": 0, "skipped": 0}
 
     def process(batch_df, batch_id: int) -> None:
-        batch_df = complete_lines(batch_df).persist()
-        try:
-            row = batch_df.agg(F.count(F.lit(1)).alias("n"), F.max("recv_ts").alias("max_recv_ts")).first()
-            if row["n"] == 0:
-                return
-            windows = health_windows(batch_df, settings.window_s).toArrow()
-            result = apply_micro_batch(settings, windows, batch_id, row["n"], row["max_recv_ts"])
-        finally:
-            batch_df.unpersist()
+        windows = health_windows(complete_lines(batch_df), settings.window_s).toArrow()
+        if windows.num_rows == 0:
+            return
+        result = apply_micro_batch(settings, windows, batch_id)
         stats["micro_batches"] += 1
-        stats["input_rows"] += row["n"]
+        stats["input_rows"] += result["input_rows"]
         stats["skipped"] += int(result["skipped"])
         write_state(
             settings.state_dir,
             "speed",
-            {**stats, "last_batch_id": batch_id, "last_commit_at": time.time(), "max_recv_ts": row["max_recv_ts"]},
+            {**stats, "state": "streaming", "last_batch_id": batch_id, "last_commit_at": time.time(),
+             "max_event_ts": result.get("max_event_ts")},
         )
 
     return process
@@ -87,7 +88,8 @@ def start_stream(spark, settings: Settings):
     store = open_landing(settings.landing_url)
     source = (
         spark.readStream.schema(spark_schema(MSG_TYPE))
-        .option("recursiveFileLookup", "false")
+        # No partition inference: the schema must not change when the first date=/hour= directory appears.
+        .option("recursiveFileLookup", "true")
         .option("maxFilesPerTrigger", 1000)
         .json(store.uri(raw_dir(MSG_TYPE)))
     )
@@ -119,6 +121,7 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    write_state(settings.state_dir, "speed", {"state": "streaming", "started_at": time.time()})
     log.info("speed job streaming %s every %ss", store.uri(raw_dir(MSG_TYPE)), settings.speed_trigger_s)
     try:
         while not stop.is_set() and query.isActive:

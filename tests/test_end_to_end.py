@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from healthmon.schema import encode, encode_seed003
+from healthmon.state import read_state
 from tests.procs import run_healthmon, start_healthmon, stop_process, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
@@ -134,6 +135,8 @@ def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
     procs = [start_healthmon(["collect"], env), start_healthmon(["speed"], env), start_healthmon(["serve"], env)]
     try:
         wait_until(lambda: requests.get(f"{api}/healthz", timeout=1).ok, 30, "API up")
+        # The streaming query starts over an empty landing store: its schema must not change when data arrives.
+        wait_until(lambda: (read_state(tmp_path / "var" / "state", "speed") or {}).get("state") == "streaming", 120, "speed job")
         messages = make_messages(horizon)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for i, message in enumerate(messages):

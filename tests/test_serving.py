@@ -200,7 +200,7 @@ def test_pipeline(api):
     assert batch["view_rows"]["health_day"] == len(SERVICES)
     speed = answer["speed"]
     assert speed["batch_id"] == 42 and speed["committed_at"] == iso(COMMITTED_AT)
-    assert speed["max_recv_ts"] == COMMITTED_AT - 0.5
+    assert speed["max_event_ts"] == COMMITTED_AT - 0.5
     assert speed["lag_s"] > 0  # the real clock of the server process
     assert speed["state"] == {"state": "running", "batches": 43}
     assert speed["view_rows"]["health_window"] > 0

@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import requests
 from tqdm import tqdm
 
@@ -32,6 +33,19 @@ from mock_services.sender import messages  # noqa: E402
 from tests.procs import start_healthmon, stop_process, wait_until  # noqa: E402
 
 TARGET_P95_S = 2.0
+PARTS = ("collect", "speed", "serve")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (the speed job's JVM is one)."""
+    proc = psutil.Process(pid)
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def free_port(kind: int) -> int:
@@ -67,13 +81,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=60)
     parser.add_argument("--load", type=float, default=1000.0, help="background msg/s")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="a setting for every process")
     args = parser.parse_args()
 
     udp_port, api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     data_dir = tempfile.mkdtemp(prefix="healthmon-bench-")
     env = {"HEALTHMON_DATA_DIR": data_dir, "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)}
+    for item in args.overrides:
+        name, _, value = item.partition("=")
+        env[f"HEALTHMON_{name.upper()}"] = value
     api = f"http://127.0.0.1:{api_port}"
-    procs = [start_healthmon([part], env) for part in ("collect", "speed", "serve")]
+    procs = [start_healthmon([part], env) for part in PARTS]
     stop = threading.Event()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rng = random.Random(5)
@@ -92,6 +110,8 @@ def main() -> int:
                             "disk_total_gb": 1, "disk_free_gb": 1}), ("127.0.0.1", udp_port))
         wait_until(lambda: probe_count() == 1, 120, "speed layer warm")
         time.sleep(5)
+        cpu_before = {name: cpu_seconds(proc.pid) for name, proc in zip(PARTS, procs, strict=True)}
+        probe_started = time.time()
         for i in tqdm(range(args.probes), desc="freshness probes", unit="probe"):
             time.sleep(rng.uniform(0.1, 1.1))
             sent = time.time()
@@ -102,6 +122,8 @@ def main() -> int:
                     raise RuntimeError(f"probe {i} not visible after 30 s")
                 time.sleep(0.02)
             latencies.append(time.time() - sent)
+        elapsed = time.time() - probe_started
+        cores = {name: round((cpu_seconds(proc.pid) - cpu_before[name]) / elapsed, 2) for name, proc in zip(PARTS, procs, strict=True)}
     finally:
         stop.set()
         for proc in procs:
@@ -109,11 +131,13 @@ def main() -> int:
     result = {
         "probes": len(latencies),
         "background_msg_per_s": args.load,
+        "settings": args.overrides,
         "p50_s": round(statistics.median(latencies), 3),
         "p95_s": round(percentile(latencies, 0.95), 3),
         "p99_s": round(percentile(latencies, 0.99), 3),
         "max_s": round(max(latencies), 3),
         "target_p95_s": TARGET_P95_S,
+        "cpu_cores_used": cores,
     }
     result["p95_over_target"] = round(result["p95_s"] / TARGET_P95_S, 2)
     out = Path(__file__).resolve().parent / "results" / "freshness.json"

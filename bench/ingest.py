@@ -8,7 +8,7 @@ datagrams over loopback at that rate for a few seconds, against
 1. a bare receiver process that only calls ``recv()`` in a loop and counts
    (the ceiling of one Python process on this machine), and
 2. the real collector (``healthmon collect`` in a subprocess, temp data dir,
-   default settings: 4 MiB SO_RCVBUF, 1 s segments).
+   default settings: 4 MiB SO_RCVBUF, 0.5 s segments).
 
 Each receiver is started fresh for every rate.  After the sender stops the
 receiver gets time to drain its socket, then SIGTERM; the collector's final

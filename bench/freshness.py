@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from healthmon.schema import encode  # noqa: E402
 from mock_services.sender import messages  # noqa: E402
-from tests.procs import start_healthmon, stop_process, wait_until  # noqa: E402
+from tests.procs import free_port, start_healthmon, stop_process, wait_until  # noqa: E402
 
 TARGET_P95_S = 2.0
 PARTS = ("collect", "speed", "serve")
@@ -46,12 +46,6 @@ def cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def background_load(port: int, rate: float, stop: threading.Event) -> None:

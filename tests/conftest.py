@@ -6,23 +6,19 @@ import socket
 
 import pytest
 
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.procs import free_port
 
 
 @pytest.fixture
 def free_udp_port() -> int:
     """A UDP port on 127.0.0.1 that was free a moment ago."""
-    return _free_port(socket.SOCK_DGRAM)
+    return free_port(socket.SOCK_DGRAM)
 
 
 @pytest.fixture
 def free_tcp_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    return _free_port(socket.SOCK_STREAM)
+    return free_port(socket.SOCK_STREAM)
 
 
 @pytest.fixture

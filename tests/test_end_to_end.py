@@ -22,7 +22,7 @@ import requests
 
 from healthmon.schema import encode, encode_seed003
 from healthmon.state import read_state
-from tests.procs import run_healthmon, start_healthmon, stop_process, wait_until
+from tests.procs import free_port, run_healthmon, start_healthmon, stop_process, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -123,7 +123,7 @@ def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
     horizon = int(now // 3600) * 3600 - 3600
     # Put 'now - lateness' in the middle of the hour after `horizon`, so the build's horizon is `horizon`.
     lateness = now - (horizon + 1800)
-    udp_port, api_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    udp_port, api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     env = {
         "HEALTHMON_DATA_DIR": str(tmp_path / "var"),
         "HEALTHMON_UDP_PORT": str(udp_port),
@@ -171,9 +171,3 @@ def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
     finally:
         for proc in procs:
             stop_process(proc)
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -11,19 +11,13 @@ import sys
 import pytest
 import requests
 
-from tests.procs import healthmon_env, wait_until
+from tests.procs import free_port, healthmon_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path):
-    udp_port, api_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    udp_port, api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     env = healthmon_env(
         {"HEALTHMON_DATA_DIR": str(tmp_path / "var"), "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)}
     )

@@ -54,13 +54,13 @@ def background_load(port: int, rate: float, stop: threading.Event) -> None:
     period = 1.0 / (rate / services)
 
     def ticks():
-        tick = time.time()
+        started, n = time.time(), 0
         while not stop.is_set():
-            delay = tick - time.time()
+            delay = started + n * period - time.time()
             if delay > 0:
                 time.sleep(delay)
-            yield time.time()
-            tick += period
+            yield n * period, time.time()
+            n += 1
 
     for message in messages(services, 1, "steady", ticks()):
         sock.sendto(encode(message), ("127.0.0.1", port))

@@ -1,8 +1,9 @@
 """Simulated services and what they report: profiles plus named scenarios.
 
-A scenario turns a service profile and an instant into the service's health
-at that instant.  Everything is derived from a seed, so the same seed gives
-the same values.  Only ``steady`` exists yet; later scenarios (cpu_spike,
+A scenario turns a service profile and the time since the mock started into
+the service's health at that moment.  Values depend only on the seed, the
+elapsed time and the order of calls, never on the wall clock, so the same
+seed and rate give the same values run after run.  Only ``steady`` exists yet; later scenarios (cpu_spike,
 memory_leak, disk_fill, silent, flapping, ...) plug into ``SCENARIOS``.
 """
 
@@ -60,16 +61,15 @@ def _clamp(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
-def steady(profile: ServiceProfile, ts: float, rng: random.Random) -> dict:
-    """A healthy service: a slow wave plus noise around its base load."""
-    wave = math.sin(2 * math.pi * ts / 3600.0 + profile.phase)
+def steady(profile: ServiceProfile, elapsed_s: float, rng: random.Random) -> dict:
+    """A healthy service: a slow (hourly) wave plus noise around its base load; no ``ts``."""
+    wave = math.sin(2 * math.pi * elapsed_s / 3600.0 + profile.phase)
     cpu = _clamp(profile.cpu_base + profile.cpu_amplitude * wave + rng.gauss(0, 3), 0, 100)
     ram_used = _clamp(profile.ram_used_base + 0.05 * wave + rng.gauss(0, 0.01), 0, 1)
     disk_used = _clamp(profile.disk_used_base + rng.gauss(0, 0.001), 0, 1)
     return {
         "service": profile.name,
         "host": profile.host,
-        "ts": ts,
         "cpu_pct": round(cpu, 3),
         "ram_total_gb": profile.ram_total_gb,
         "ram_free_gb": round(profile.ram_total_gb * (1 - ram_used), 4),

@@ -36,14 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None, help="host:port to send to (default: the collector's udp_host:udp_port)")
 
 
-def messages(services: int, seed: int, scenario: str, timestamps: Iterator[float]) -> Iterator[dict]:
-    """Messages for each instant of ``timestamps``: one per service, deterministic for a seed."""
+def messages(services: int, seed: int, scenario: str, ticks: Iterator[tuple[float, float]]) -> Iterator[dict]:
+    """One message per service for each ``(elapsed_s, ts)`` tick; values depend only on seed and elapsed_s."""
     profiles = make_profiles(services, seed)
     rng = random.Random(seed)
     sample = SCENARIOS[scenario]
-    for ts in timestamps:
+    for elapsed_s, ts in ticks:
         for profile in profiles:
-            yield sample(profile, ts, rng)
+            yield {**sample(profile, elapsed_s, rng), "ts": ts}
 
 
 class Sender:
@@ -79,14 +79,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     period = 1.0 / args.rate
     started = time.time()
 
-    def ticks() -> Iterator[float]:
-        tick = started
-        while not stop.is_set() and (args.duration <= 0 or tick < started + args.duration):
-            delay = tick - time.time()
+    def ticks() -> Iterator[tuple[float, float]]:
+        n = 0
+        while not stop.is_set() and (args.duration <= 0 or n * period < args.duration):
+            delay = started + n * period - time.time()
             if delay > 0 and stop.wait(delay):
                 return
-            yield time.time()
-            tick += period
+            yield n * period, time.time()
+            n += 1
 
     log.info("mock: %d services x %s msg/s -> udp://%s:%d (%s, seed %d)", args.services, args.rate, host, port, args.format, args.seed)
     for message in messages(args.services, args.seed, args.scenario, ticks()):

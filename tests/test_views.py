@@ -1,0 +1,53 @@
+"""The view store's writer lock: updates of one view never interleave, whoever makes them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import duckdb
+
+from healthmon.views import BATCH_VIEW, update_view, writer_lock
+
+
+def _hold_lock(view, held, release) -> None:
+    with writer_lock(view):
+        held.set()
+        release.wait(30)
+
+
+def test_a_writer_waits_for_the_writer_in_another_process(tmp_path):
+    view = tmp_path / BATCH_VIEW
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(view, held, release))
+    holder.start()
+    assert held.wait(30)
+    order: list[str] = []
+    writer = threading.Thread(target=lambda: update_view(view, lambda con: order.append("update")))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and order == []  # blocked while the other process holds the lock
+    order.append("released")
+    release.set()
+    writer.join(30)
+    holder.join(30)
+    assert order == ["released", "update"]
+
+
+def test_a_failed_update_leaves_the_published_view_and_no_temporary_file(tmp_path):
+    view = tmp_path / BATCH_VIEW
+    update_view(view, lambda con: con.execute("INSERT INTO view_meta VALUES (3600, 0, 60, 'a', 0, 0)"))
+
+    def broken(con):
+        con.execute("INSERT INTO view_meta VALUES (7200, 0, 60, 'b', 0, 0)")
+        raise RuntimeError("build died")
+
+    try:
+        update_view(view, broken)
+    except RuntimeError:
+        pass
+    con = duckdb.connect(str(view), read_only=True)
+    assert con.execute("SELECT build_id FROM view_meta").fetchall() == [("a",)]
+    con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BATCH_VIEW, f"{BATCH_VIEW}.lock"]

@@ -55,6 +55,18 @@ class Settings:
     spark_shuffle_partitions: int = setting(4, "spark.sql.shuffle.partitions: small values suit small machines.", minimum=1)
     spark_driver_memory: str = setting("1g", "spark.driver.memory for batch and speed jobs.")
     speed_trigger_s: float = setting(0.5, "Processing-time trigger of the streaming job, seconds.", minimum=0.1)
+    hdfs_host: str = setting("127.0.0.1", "Address the local HDFS (healthmon hdfs up) binds and is reached at.")
+    hdfs_rpc_port: int = setting(8020, "NameNode RPC port (hdfs://host:port).", minimum=1, maximum=65535)
+    hdfs_http_port: int = setting(9870, "NameNode HTTP port, which serves WebHDFS.", minimum=1, maximum=65535)
+    hdfs_datanode_port: int = setting(9866, "DataNode data transfer port.", minimum=1, maximum=65535)
+    hdfs_datanode_http_port: int = setting(9864, "DataNode HTTP port (WebHDFS redirects reads and writes here).", minimum=1, maximum=65535)
+    hdfs_datanode_ipc_port: int = setting(9867, "DataNode IPC port.", minimum=1, maximum=65535)
+    hdfs_heap: str = setting("512m", "Java heap of each HDFS daemon (-Xmx).")
+    webhdfs_url: str = setting("", "WebHDFS base URL for an hdfs:// landing store. Empty: http://<landing host>:<hdfs_http_port>.")
+    hdfs_user: str = setting("healthmon", "User name given to WebHDFS (simple authentication).")
+    retention_raw_days: float = setting(30.0, "Raw landed hours older than this many days are deleted.", minimum=0.01)
+    retention_master_days: float = setting(400.0, "Master (Parquet) hours older than this many days are deleted.", minimum=0.01)
+    retention_interval_s: float = setting(3600.0, "How often the scheduler runs retention.", minimum=1)
     api_host: str = setting("127.0.0.1", "Address the HTTP API listens on.")
     api_port: int = setting(5555, "Port of the HTTP API.", minimum=0, maximum=65535)
     api_threads: int = setting(8, "Worker threads of the HTTP server.", minimum=1, maximum=256)
@@ -66,7 +78,7 @@ class Settings:
             _check(f, getattr(self, f.name))
         if 3600 % self.window_s:
             raise ConfigError(f"window_s={self.window_s}: must divide 3600 so windows align with hours")
-        for name in ("udp_host", "api_host"):
+        for name in ("udp_host", "api_host", "hdfs_host"):
             try:
                 ipaddress.ip_address(getattr(self, name))
             except ValueError:
@@ -83,6 +95,28 @@ class Settings:
     @property
     def landing_url(self) -> str:
         return self.landing or f"file://{self.data_path / 'landing'}"
+
+    @property
+    def webhdfs(self) -> str:
+        """WebHDFS base URL of the hdfs:// landing store."""
+        if self.webhdfs_url:
+            return self.webhdfs_url
+        from urllib.parse import urlparse
+
+        return f"http://{urlparse(self.landing_url).hostname or self.hdfs_host}:{self.hdfs_http_port}"
+
+    @property
+    def hdfs_landing_url(self) -> str:
+        """The landing URL that selects the local HDFS of ``healthmon hdfs up``."""
+        return f"hdfs://{self.hdfs_host}:{self.hdfs_rpc_port}/healthmon"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_path / "spool"
+
+    @property
+    def hdfs_dir(self) -> Path:
+        return self.data_path / "hdfs"
 
     @property
     def views_dir(self) -> Path:

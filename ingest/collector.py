@@ -17,13 +17,16 @@
   ``segment_max_bytes``.  Closed segments are named
   ``<collector_id>-<run_id>-<seq:06d>`` (one counter for raw and dead-letter
   segments) and handed to a publisher thread (``ingest.publisher``), which
-  publishes them in order and retries failures with backoff, so the receive
-  loop never waits for the landing store.
+  publishes them in order and, while the landing store is unreachable,
+  spools them on local disk and ships them in order when it is back, so the
+  receive loop never waits for the landing store.
 
 Counters (``<data_dir>/state/collector-<id>.json``, every ``stats_interval_s``
 and at exit): ``received``, ``accepted``, ``rejected``, ``rejected_by_reason``,
 ``landed_messages``/``landed_segments`` (published raw segments),
-``deadletter_messages``/``deadletter_segments``, ``pending_segments``,
+``deadletter_messages``/``deadletter_segments``, ``pending_segments`` (not
+yet in the store), ``spooled_segments`` / ``shipped_segments`` (went through
+the spool / shipped from it), ``spool_segments`` (in the spool now),
 ``publish_errors``, ``started_at``, ``updated_at`` and ``state``.
 ``accepted + rejected == received`` holds in every written snapshot.
 
@@ -34,9 +37,11 @@ logged, and the collector goes on.
 
 SIGTERM / SIGINT: stop receiving (what the kernel already queued on the socket
 is still read, for at most one second), close and publish every open segment,
-wait for the publisher, write the final counters, exit 0.  A second signal
-while waiting for an unreachable landing store gives up: the segments not
-published are logged as lost and the exit status is 1.
+wait for the publisher, write the final counters, exit 0.  If the landing
+store is unreachable, the publisher keeps trying for ``STOP_GRACE_S`` (or
+until a second signal), then leaves the rest in the spool, which the next
+start ships first: nothing accepted is lost, and the process still stops in
+a few seconds.
 
 ``healthmon collect`` runs it; so does ``python -m ingest.collector`` (settings
 from ``HEALTHMON_*`` only).
@@ -71,7 +76,7 @@ import orjson
 from healthmon import landing, schema
 from healthmon.config import ConfigError, Settings, load_settings
 from healthmon.state import write_state
-from ingest.publisher import Publisher, Segment
+from ingest.publisher import Publisher, Segment, Spool
 
 log = logging.getLogger("healthmon.ingest.collector")
 
@@ -79,6 +84,7 @@ TICK_S = 0.1  # the loop wakes at least this often (segment deadlines, stats, st
 COALESCE_S = 0.001  # while datagrams flow, let this much time's worth queue up between batches
 STOP_DRAIN_S = 1.0  # after a stop signal, read what is still queued on the socket for at most this long
 INTERNAL_ERROR = "internal_error"
+STOP_GRACE_S = 5.0  # at stop, how long the publisher may keep trying an unreachable store before leaving the spool
 
 
 class Collector:
@@ -90,7 +96,7 @@ class Collector:
         self.started_at = time.time()
         self.run_id = int(self.started_at * 1000)
         self.name_prefix = f"{settings.collector_id}-{self.run_id}-"
-        self.publisher = Publisher(self.store)
+        self.publisher = Publisher(self.store, Spool(settings.spool_dir / settings.collector_id))
         self.sock: socket.socket | None = None
         self.listen_url = ""
         self.rcvbuf_granted = 0
@@ -141,7 +147,7 @@ class Collector:
         if self._signals == 1:
             self._stop = True
         else:
-            self.publisher.abort()
+            self.publisher.give_up()
 
     # ------------------------------------------------------------ counters
 
@@ -163,6 +169,9 @@ class Collector:
             "deadletter_messages": p.deadletter_messages,
             "deadletter_segments": p.deadletter_segments,
             "pending_segments": p.pending,
+            "spooled_segments": p.spooled_segments,
+            "shipped_segments": p.shipped_segments,
+            "spool_segments": len(p.spool),
             "open_segments": len(self.raw_buffers) + len(self.dead_buffers),
             "publish_errors": p.publish_errors,
             "last_publish_error": p.last_error,
@@ -354,20 +363,21 @@ class Collector:
         self.close_segments()
         pub = self.publisher
         log.info("collector stopping: publishing %d pending segments", pub.pending)
-        pub.close(timeout=0)  # queue the stop marker; wait below so that counters keep being written
+        pub.close()
+        grace_ends = time.monotonic() + STOP_GRACE_S
         last_write = time.monotonic()
         while pub.is_alive():
             pub.join(TICK_S)
+            if time.monotonic() >= grace_ends and self._signals < 2:
+                self.request_stop()  # as a second signal would: leave the rest in the spool
             if time.monotonic() - last_write >= self.settings.stats_interval_s:
                 self.write_counters()
                 last_write = time.monotonic()
-        lost = pub.unpublished
-        self.state = "stopped" if not lost else "stopped_with_loss"
+        self.state = "stopped"
         self.write_counters()
-        if lost:
-            log.error("collector stopped with %d segments (%d lines) NOT published: %s", len(lost),
-                      sum(seg.lines for seg in lost), ", ".join(seg.path for seg in lost[:10]))
-            return 1
+        if len(pub.spool):
+            log.warning("collector stopped with %d segments (%d messages) in the spool %s: the landing store was "
+                        "unreachable; the next start ships them", len(pub.spool), pub.spool.lines(), pub.spool.directory)
         log.info("collector stopped: received %d, accepted %d, rejected %d, landed %d messages in %d segments, "
                  "%d dead letters", self.received, self.accepted, self.rejected, pub.landed_messages,
                  pub.landed_segments, pub.deadletter_messages)

@@ -324,43 +324,54 @@ def test_port_in_use_fails(data_dir, free_udp_port):
     assert f"udp://127.0.0.1:{free_udp_port}" in proc.stderr
 
 
-def test_unreachable_store_keeps_segments_and_shutdown_waits(start_collector, data_dir):
-    """A publish that fails is retried with backoff, never dropped; SIGTERM waits for it."""
+def spool_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "spool").rglob("*.segment"))
+
+
+def test_unreachable_store_spools_and_ships_in_order_when_back(start_collector, data_dir):
+    """A publish that fails sends the segment to the local spool; it ships, in order, once the store is back."""
     blocker = data_dir / "landing" / "raw"  # a file where the raw/ directory should be: every raw publish fails
     blocker.parent.mkdir(parents=True)
     blocker.write_bytes(b"")
     collector = start_collector(segment_max_seconds=0.2)
-    messages = valid_messages(time.time(), 20)
-    send_all(collector.port, [schema.encode(m) for m in messages] + [b"bad"])
-    # segments are published in order: the dead-letter segment waits behind the raw ones
-    counters = collector.wait_counters(lambda c: c["publish_errors"] >= 2 and c["received"] == 21 and c["open_segments"] == 0)
-    assert counters["pending_segments"] >= 2 and counters["landed_messages"] == 0
+    first = valid_messages(time.time(), 20)
+    send_all(collector.port, [schema.encode(m) for m in first] + [b"bad"])
+    counters = collector.wait_counters(lambda c: c["spooled_segments"] >= 2 and c["received"] == 21 and c["open_segments"] == 0)
+    assert counters["pending_segments"] == counters["spool_segments"] >= 2 and counters["landed_messages"] == 0
+    # The dead-letter segment's store path works, but it waits in the spool behind the raw ones (order is kept).
+    assert counters["deadletter_messages"] == 0
+    assert len(spool_files(data_dir)) == counters["spool_segments"]
     assert "publish" in collector.output() and "failed" in collector.output()
+    second = valid_messages(time.time(), 10)
+    send_all(collector.port, [schema.encode(m) for m in second])
+    collector.wait_counters(lambda c: c["received"] == 31 and c["open_segments"] == 0 and c["pending_segments"] >= 3)
 
-    collector.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert collector.proc.poll() is None, "the collector must not exit with unpublished segments"
-    assert read_counters(data_dir)["state"] == "stopping"
     blocker.unlink()  # the store is back
-    assert collector.stop(None, timeout=15) == 0, collector.output()
-    assert sorted(row["service"] for _, row in landed_rows(data_dir)) == [m["service"] for m in messages]
-    counters = read_counters(data_dir)
-    assert counters["landed_messages"] == 20 and counters["deadletter_messages"] == 1 and counters["pending_segments"] == 0
-    assert counters["state"] == "stopped"
+    counters = collector.wait_counters(lambda c: c["pending_segments"] == 0, timeout=20)
+    assert counters["shipped_segments"] == counters["spooled_segments"]
+    assert counters["landed_messages"] == 30 and counters["deadletter_messages"] == 1 and counters["spool_segments"] == 0
+    assert spool_files(data_dir) == []
+    assert collector.stop() == 0
+    rows = [row for _, row in landed_rows(data_dir)]
+    assert sorted(row["id"] for row in rows) == sorted({row["id"] for row in rows})  # nothing shipped twice
+    assert sorted(row["service"] for row in rows) == sorted(m["service"] for m in first + second)
     assert hidden_files(data_dir) == []
 
 
-def test_second_signal_gives_up_on_an_unreachable_store(start_collector, data_dir):
+def test_stop_with_the_store_away_keeps_the_spool_and_the_next_start_ships_it(start_collector, data_dir):
     blocker = data_dir / "landing" / "raw"
     blocker.parent.mkdir(parents=True)
     blocker.write_bytes(b"")
     collector = start_collector(segment_max_seconds=0.2)
-    send_all(collector.port, [schema.encode(m) for m in valid_messages(time.time(), 5)])
-    collector.wait_counters(lambda c: c["publish_errors"] >= 1)
-    collector.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert collector.proc.poll() is None
-    assert collector.stop(signal.SIGTERM) == 1
-    assert "NOT published" in collector.output()
-    counters = read_counters(data_dir)
-    assert counters["state"] == "stopped_with_loss" and counters["pending_segments"] >= 1
+    messages = valid_messages(time.time(), 5)
+    send_all(collector.port, [schema.encode(m) for m in messages])
+    collector.wait_counters(lambda c: c["spooled_segments"] >= 1 and c["received"] == 5 and c["open_segments"] == 0)
+    assert collector.stop(signal.SIGTERM, timeout=20) == 0  # stops within the grace, does not wait for the store
+    assert "the next start ships them" in collector.output()
+    assert read_counters(data_dir)["spool_segments"] >= 1 and spool_files(data_dir)
+    blocker.unlink()
+    again = start_collector(segment_max_seconds=0.2)
+    again.wait_counters(lambda c: c["pending_segments"] == 0 and c["shipped_segments"] >= 1)
+    assert again.stop() == 0
+    assert sorted(row["service"] for _, row in landed_rows(data_dir)) == sorted(m["service"] for m in messages)
+    assert spool_files(data_dir) == []

@@ -36,9 +36,9 @@ from healthmon.landing import (
     LandedFile,
     LandingStore,
     hour_of_partition,
+    landing_for,
     master_dir,
     master_hour_dir,
-    open_landing,
     raw_dir,
 )
 from healthmon.schema import spark_schema
@@ -202,7 +202,7 @@ def run(settings: Settings) -> int:
 
     spark = spark_session(settings, "healthmon-batch")
     try:
-        record = build_and_record(spark, settings, open_landing(settings.landing_url), progress=True)
+        record = build_and_record(spark, settings, landing_for(settings), progress=True)
     finally:
         spark.stop()
     if record["status"] != "ok":

@@ -11,8 +11,14 @@ lands in its old hour and makes the batch layer rebuild that hour.  Dead letters
 are partitioned by receive time.
 
 Files are published whole: written under a hidden name (leading ``_``, which
-Spark and every reader here skip) and renamed.  The interface is small so that
-an HDFS store can sit behind it; ``file://`` is the light default.
+Spark and every reader here skip) and renamed.  Publishing a path that already
+exists is a no-op (segment names are unique, so it holds the same bytes): a
+retry after a lost answer never ships a segment twice.
+
+Two stores sit behind one small interface: ``file://`` (a local directory,
+the light default) and ``hdfs://`` (a real HDFS, written through WebHDFS with
+the ``hdfs`` package; Spark reads the same paths with its bundled Hadoop
+client).
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ class LocalLandingStore(LandingStore):
 
     def publish(self, path: str, data: bytes) -> None:
         final = self.root / path
+        if final.exists():
+            return
         final.parent.mkdir(parents=True, exist_ok=True)
         hidden = final.with_name(f"_{final.name}.tmp")
         with open(hidden, "wb") as fh:
@@ -155,8 +163,78 @@ class LocalLandingStore(LandingStore):
             target.unlink(missing_ok=True)
 
 
-def open_landing(url: str) -> LandingStore:
-    """The landing store for ``url`` (file:// now; hdfs:// plugs in here)."""
+class HdfsLandingStore(LandingStore):
+    """A landing store in HDFS (``hdfs://namenode:port/path``), written and listed through WebHDFS."""
+
+    def __init__(self, url: str, webhdfs_url: str, user: str, timeout_s: float = 10.0) -> None:
+        from hdfs import InsecureClient
+
+        self.url = url.rstrip("/")
+        self.root = urlparse(url).path.rstrip("/") or "/"
+        # (connect, read) timeouts: an outage must fail a call quickly so that the collector spools.
+        self.client = InsecureClient(webhdfs_url, user=user, timeout=(min(3.0, timeout_s), timeout_s))
+
+    def _abs(self, path: str) -> str:
+        return f"{self.root}/{path}" if path else self.root
+
+    def publish(self, path: str, data: bytes) -> None:
+        from hdfs import HdfsError
+
+        final = self._abs(path)
+        directory, name = final.rsplit("/", 1)
+        hidden = f"{directory}/_{name}.tmp"
+        self.client.write(hidden, data=data, overwrite=True)
+        try:
+            self.client.rename(hidden, final)
+        except HdfsError:
+            if self.client.status(final, strict=False) is None:
+                raise
+            self.client.delete(hidden)  # published before (a retry after a lost answer): keep the first
+
+    def list_files(self, prefix: str) -> list[LandedFile]:
+        from hdfs import HdfsError
+
+        out: list[LandedFile] = []
+        pending = [self._abs(prefix)]
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = self.client.list(directory, status=True)
+            except HdfsError as exc:
+                if "does not exist" in str(exc) or "not a directory" in str(exc).lower():
+                    continue
+                raise
+            for name, st in entries:
+                if is_hidden(name):
+                    continue
+                full = f"{directory}/{name}"
+                if st["type"] == "DIRECTORY":
+                    pending.append(full)
+                else:
+                    out.append(LandedFile(full[len(self.root) + 1 :], st["length"], st["modificationTime"] / 1000.0))
+        out.sort(key=lambda f: f.path)
+        return out
+
+    def read(self, path: str) -> bytes:
+        with self.client.read(self._abs(path)) as reader:
+            return reader.read()
+
+    def makedirs(self, path: str) -> None:
+        self.client.makedirs(self._abs(path))
+
+    def delete(self, path: str) -> None:
+        self.client.delete(self._abs(path), recursive=True)
+
+
+def open_landing(url: str, webhdfs_url: str = "", user: str = "healthmon") -> LandingStore:
+    """The landing store for ``url``: file:// or hdfs:// (reached through ``webhdfs_url``)."""
     if url.startswith("file://"):
         return LocalLandingStore(url)
+    if url.startswith("hdfs://"):
+        return HdfsLandingStore(url, webhdfs_url or f"http://{urlparse(url).hostname}:9870", user)
     raise ValueError(f"unsupported landing store URL: {url}")
+
+
+def landing_for(settings) -> LandingStore:
+    """The landing store the settings select."""
+    return open_landing(settings.landing_url, settings.webhdfs, settings.hdfs_user)

@@ -92,7 +92,7 @@ class Collector:
 
     def __init__(self, settings: Settings, store: landing.LandingStore | None = None) -> None:
         self.settings = settings
-        self.store = store if store is not None else landing.open_landing(settings.landing_url)
+        self.store = store if store is not None else landing.landing_for(settings)
         self.started_at = time.time()
         self.run_id = int(self.started_at * 1000)
         self.name_prefix = f"{settings.collector_id}-{self.run_id}-"

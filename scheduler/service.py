@@ -20,14 +20,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from batch_jobs.build import build_and_record
 from healthmon.config import Settings
-from healthmon.landing import open_landing
+from healthmon.landing import landing_for
 
 log = logging.getLogger(__name__)
 
 
 def make_scheduler(settings: Settings, spark) -> BackgroundScheduler:
     """A scheduler with the batch build job registered (not started)."""
-    store = open_landing(settings.landing_url)
+    store = landing_for(settings)
 
     def batch_build() -> None:
         record = build_and_record(spark, settings, store)

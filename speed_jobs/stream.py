@@ -21,7 +21,7 @@ import time
 import pyarrow.compute as pc
 
 from healthmon.config import Settings
-from healthmon.landing import open_landing, raw_dir
+from healthmon.landing import landing_for, raw_dir
 from healthmon.schema import spark_schema
 from healthmon.state import write_state
 from healthmon.views import BATCH_VIEW, HEALTH_COLUMNS, REALTIME_VIEW, read_view_horizon, update_view, upsert_sql
@@ -85,7 +85,7 @@ def make_foreach_batch(settings: Settings):
 
 def start_stream(spark, settings: Settings):
     """Start the streaming query; returns it (caller awaits or stops it)."""
-    store = open_landing(settings.landing_url)
+    store = landing_for(settings)
     source = (
         spark.readStream.schema(spark_schema(MSG_TYPE))
         # No partition inference: the schema must not change when the first date=/hour= directory appears.
@@ -109,7 +109,7 @@ def run(settings: Settings) -> int:
     from healthmon.spark import spark_session
 
     # The file source needs the directory to exist before it starts.
-    store = open_landing(settings.landing_url)
+    store = landing_for(settings)
     store.makedirs(raw_dir(MSG_TYPE))
     spark = spark_session(settings, "healthmon-speed")
     query = start_stream(spark, settings)

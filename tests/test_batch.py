@@ -10,7 +10,7 @@ import pytest
 
 from batch_jobs.build import build, closed_horizon
 from healthmon.config import load_settings
-from healthmon.landing import open_landing, raw_segment_path
+from healthmon.landing import landing_for, raw_segment_path
 from healthmon.schema import landed_line
 from healthmon.spark import spark_session
 from healthmon.views import BATCH_VIEW
@@ -79,7 +79,7 @@ def assert_totals(got: dict, want: dict) -> None:
 
 def test_incremental_build_rebuilds_only_changed_hours(spark, tmp_path):
     settings = load_settings({"data_dir": str(tmp_path), "batch_lateness_s": 300}, environ={})
-    store = open_landing(settings.landing_url)
+    store = landing_for(settings)
     sent: list[dict] = []
     for k in range(3):
         hour = FIRST_HOUR + k * HOUR
@@ -118,7 +118,7 @@ def test_incremental_build_rebuilds_only_changed_hours(spark, tmp_path):
 
 def test_failed_build_publishes_nothing(spark, tmp_path):
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
-    store = open_landing(settings.landing_url)
+    store = landing_for(settings)
     data, _ = make_lines(FIRST_HOUR, 10, seed=1, prefix="ok")
     store.publish(raw_segment_path("health", FIRST_HOUR, "c1-1-000001"), data)
     build(spark, settings, store, now=NOW)

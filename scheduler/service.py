@@ -5,7 +5,8 @@ runs ``batch_jobs.build.build_and_record`` at start and then every
 ``batch_interval_s``: never two at once (``max_instances=1``; missed runs are
 coalesced), each followed by the expiry of real-time rows below the new
 horizon, each outcome recorded in ``<data_dir>/state/batch_runs.jsonl`` and
-shown by ``/api/v1/pipeline``.  SIGTERM/SIGINT let a running build finish,
+shown by ``/api/v1/pipeline``; and retention (``batch_jobs.retention``)
+every ``retention_interval_s``.  SIGTERM/SIGINT let a running build finish,
 then stop.
 """
 
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from batch_jobs.build import build_and_record
+from batch_jobs.retention import apply_retention
 from healthmon.config import Settings
 from healthmon.landing import landing_for
 
@@ -45,6 +47,15 @@ def make_scheduler(settings: Settings, spark) -> BackgroundScheduler:
         max_instances=1,
         coalesce=True,
         next_run_time=datetime.now(UTC),
+    )
+    scheduler.add_job(
+        apply_retention,
+        "interval",
+        args=(settings, store),
+        seconds=settings.retention_interval_s,
+        id="retention",
+        max_instances=1,
+        coalesce=True,
     )
     return scheduler
 

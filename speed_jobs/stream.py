@@ -29,6 +29,7 @@ from healthmon.views import BATCH_VIEW, HEALTH_COLUMNS, REALTIME_VIEW, read_view
 log = logging.getLogger(__name__)
 
 MSG_TYPE = "health"
+MAX_RESTART_DELAY_S = 30.0
 
 
 def apply_micro_batch(settings: Settings, windows, batch_id: int) -> dict:
@@ -105,14 +106,14 @@ def start_stream(spark, settings: Settings):
 
 
 def run(settings: Settings) -> int:
-    """``healthmon speed``: keep the real-time view until SIGTERM/SIGINT."""
+    """``healthmon speed``: keep the real-time view until SIGTERM/SIGINT.
+
+    When the query stops on an error (the landing store is unreachable, say),
+    it is started again from its checkpoint after a backoff: the checkpoint and
+    the micro-batch ids committed with the view make the restart exact.
+    """
     from healthmon.spark import spark_session
 
-    # The file source needs the directory to exist before it starts.
-    store = landing_for(settings)
-    store.makedirs(raw_dir(MSG_TYPE))
-    spark = spark_session(settings, "healthmon-speed")
-    query = start_stream(spark, settings)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -121,15 +122,35 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    write_state(settings.state_dir, "speed", {"state": "streaming", "started_at": time.time()})
-    log.info("speed job streaming %s every %ss", store.uri(raw_dir(MSG_TYPE)), settings.speed_trigger_s)
+    store = landing_for(settings)
+    spark = spark_session(settings, "healthmon-speed")
+    restarts, delay = 0, 1.0
     try:
-        while not stop.is_set() and query.isActive:
-            stop.wait(0.5)
-        if query.exception():
-            log.error("streaming query failed: %s", query.exception())
-            return 1
+        while not stop.is_set():
+            try:
+                store.makedirs(raw_dir(MSG_TYPE))  # the file source needs the directory to exist
+                query = start_stream(spark, settings)
+            except Exception as exc:  # noqa: BLE001 - the store may be away: wait for it
+                log.warning("speed job: cannot start the stream (%s); retry in %.0f s", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, MAX_RESTART_DELAY_S)
+                continue
+            started = time.monotonic()
+            write_state(settings.state_dir, "speed", {"state": "streaming", "started_at": time.time(), "restarts": restarts})
+            log.info("speed job streaming %s every %ss", store.uri(raw_dir(MSG_TYPE)), settings.speed_trigger_s)
+            while not stop.is_set() and query.isActive:
+                stop.wait(0.5)
+            if stop.is_set():
+                query.stop()
+                break
+            error = str(query.exception())[:300]
+            restarts += 1
+            if time.monotonic() - started > 60:
+                delay = 1.0
+            log.error("speed job: streaming query stopped (%s); restart %d from the checkpoint in %.0f s", error, restarts, delay)
+            write_state(settings.state_dir, "speed", {"state": "restarting", "restarts": restarts, "last_error": error})
+            stop.wait(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
     finally:
-        query.stop()
         spark.stop()
     return 0

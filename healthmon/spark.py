@@ -31,10 +31,12 @@ def spark_session(settings: Settings, app_name: str):
             ("spark.local.dir", str(settings.spark_dir / "tmp")),
             ("spark.sql.warehouse.dir", str(settings.spark_dir / "warehouse")),
             ("spark.sql.sources.partitionOverwriteMode", "dynamic"),
-            ("spark.driver.host", "127.0.0.1"),
-            ("spark.driver.bindAddress", "127.0.0.1"),
         ]
     )
+    if settings.spark_master.startswith("local"):
+        # Local mode: the driver listens on loopback only.  On a cluster, executors must reach the driver,
+        # so Spark's default (this host's address) stays.
+        conf.setAll([("spark.driver.host", "127.0.0.1"), ("spark.driver.bindAddress", "127.0.0.1")])
     if SparkContext._gateway is None:
         # The JVM gets its own session, so a SIGTERM/SIGINT sent to our process group (a supervisor,
         # Ctrl-C) reaches only this Python process, which then stops Spark in order.  The JVM still

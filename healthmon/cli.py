@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(mock)
 
+    hdfs = sub.add_parser("hdfs", help="start, stop or show the local single-node HDFS (NameNode + DataNode)")
+    hdfs.add_argument("action", choices=["up", "down", "status"], help="up: start and wait until ready; down: stop; status: exit 0 when up")
+
     sub.add_parser("settings", help="print every setting, its environment variable, default and help")
 
     for p in sub.choices.values():
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, env, default, help_text in settings_table():
             print(f"{name:26} {env:36} {default!r:>14}  {help_text}")
         return 0
+    if command == "hdfs":
+        from healthmon.hdfs_cluster import run
+
+        return run(settings, args.action)
     if command == "collect":
         from ingest.collector import run
     elif command == "speed":

@@ -6,6 +6,10 @@ command passed down as ``HEALTHMON_*`` variables.  Output is multiplexed with
 a prefix per process.  When one part exits, or on Ctrl-C/SIGTERM, honcho sends
 SIGTERM to every part (each closes and publishes what it holds) and kills what
 is still running after ``STOP_GRACE_S``.
+
+When the landing store is the local HDFS (``landing`` on ``hdfs://<hdfs_host>:
+<hdfs_rpc_port>``), ``up`` starts it first if it is not running
+(``healthmon hdfs up``) and stops it again at the end.
 """
 
 from __future__ import annotations
@@ -55,10 +59,24 @@ def _announce_when_ready(url: str, stop: threading.Event) -> None:
         stop.wait(0.5)
 
 
+def _start_local_hdfs(settings: Settings) -> bool:
+    """Start the local HDFS when the landing store is on it and it is not running; True if started here."""
+    if not settings.landing_url.startswith(settings.hdfs_landing_url.rsplit("/", 1)[0] + "/"):
+        return False
+    from healthmon import hdfs_cluster
+
+    if hdfs_cluster.status(settings).up:
+        return False
+    print(f"healthmon: starting the local HDFS ({settings.hdfs_landing_url})", flush=True)
+    hdfs_cluster.up(settings)
+    return True
+
+
 def run(settings: Settings, mock: bool = False, mock_services: int = 5) -> int:
     if mock and settings.batch_interval_s == 300.0:
         settings = dataclasses.replace(settings, batch_interval_s=60.0)
     settings.data_path.mkdir(parents=True, exist_ok=True)
+    started_hdfs = _start_local_hdfs(settings)
     env = settings_env(settings)
     honcho.manager.KILL_WAIT = STOP_GRACE_S
     manager = honcho.manager.Manager()
@@ -73,6 +91,11 @@ def run(settings: Settings, mock: bool = False, mock_services: int = 5) -> int:
         manager.loop()
     finally:
         stop.set()
+        if started_hdfs:
+            from healthmon import hdfs_cluster
+
+            print("healthmon: stopping the local HDFS", flush=True)
+            hdfs_cluster.down(settings)
     print(f"healthmon: stopped after {time.time() - started:.0f} s", flush=True)
     return manager.returncode or 0
 

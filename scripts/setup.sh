@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything healthmon needs on a fresh Debian machine: Java 17+ for
-# Spark (from Debian's packages when missing), a virtualenv in .venv and the
-# pinned Python packages.  Idempotent; `make` runs it when pyproject.toml or
+# Spark (from Debian's packages when missing), the Apache Hadoop jars of the
+# local HDFS in .hadoop/lib (fetched by Maven as hadoop/pom.xml says; Maven from
+# Debian's packages when missing), a virtualenv in .venv and the pinned Python
+# packages.  Idempotent; `make` runs it when pyproject.toml, hadoop/pom.xml or
 # this file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,31 @@ if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then
   apt_install openjdk-17-jre-headless
 fi
 say "java $(java_major) at $(command -v java)"
+
+# The local HDFS (`healthmon hdfs up`): Hadoop's NameNode and DataNode jars from
+# Maven Central, as hadoop/pom.xml lists them.  Fetched again only when the pom
+# changed (its hash is kept beside the jars); into a temporary directory first,
+# so an interrupted fetch never leaves a half-filled .hadoop/lib behind.
+HADOOP_LIB=.hadoop/lib
+pom_hash=$(sha256sum hadoop/pom.xml | cut -d' ' -f1)
+if [ "$(cat "$HADOOP_LIB/.pom.sha256" 2>/dev/null)" != "$pom_hash" ]; then
+  if ! command -v mvn >/dev/null 2>&1; then
+    say "the Hadoop jars are fetched with Maven; none found, installing Debian's maven"
+    apt_install maven
+  fi
+  say "fetching the Hadoop jars of the local HDFS from Maven Central into $HADOOP_LIB (hadoop/pom.xml)"
+  rm -rf "$HADOOP_LIB.tmp"
+  mkdir -p .hadoop
+  if ! mvn -q -B -f hadoop/pom.xml dependency:copy-dependencies -DoutputDirectory="$PWD/$HADOOP_LIB.tmp" \
+      >.hadoop/mvn.log 2>&1; then
+    tail -n 30 .hadoop/mvn.log
+    say "Maven could not fetch the Hadoop jars (full output in .hadoop/mvn.log)"; exit 1
+  fi
+  echo "$pom_hash" >"$HADOOP_LIB.tmp/.pom.sha256"
+  rm -rf "$HADOOP_LIB"
+  mv "$HADOOP_LIB.tmp" "$HADOOP_LIB"
+fi
+say "hadoop jars ready: $HADOOP_LIB ($(ls "$HADOOP_LIB"/*.jar | wc -l) jars, $(du -sh "$HADOOP_LIB" | cut -f1))"
 
 # Python 3.11+ with venv.
 PYTHON=${PYTHON:-python3}

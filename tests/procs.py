@@ -20,6 +20,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+HDFS_PORT_SETTINGS = ("hdfs_rpc_port", "hdfs_http_port", "hdfs_datanode_port", "hdfs_datanode_http_port", "hdfs_datanode_ipc_port")
+
+
+def free_hdfs_ports() -> dict[str, int]:
+    """Five distinct TCP ports on 127.0.0.1 that were free a moment ago, one per HDFS listener setting."""
+    ports: list[int] = []
+    while len(ports) < len(HDFS_PORT_SETTINGS):
+        port = free_port(socket.SOCK_STREAM)
+        if port not in ports:
+            ports.append(port)
+    return dict(zip(HDFS_PORT_SETTINGS, ports, strict=True))
+
+
 def healthmon_env(extra: dict[str, str]) -> dict[str, str]:
     """This environment without any HEALTHMON_* variable, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}

@@ -17,9 +17,12 @@ import socket
 import time
 
 import duckdb
+import orjson
 import pytest
 import requests
 
+from healthmon.config import load_settings
+from healthmon.landing import landing_for, raw_dir
 from healthmon.schema import encode, encode_seed003
 from healthmon.state import read_state
 from tests.procs import free_port, run_healthmon, start_healthmon, stop_process, wait_until
@@ -119,6 +122,22 @@ def assert_matches(api: str, messages: list[dict], start: int, end: int) -> None
 
 
 def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
+    check_pipeline(tmp_path, {})
+
+
+@pytest.mark.hdfs
+def test_the_same_with_the_real_hdfs_as_landing_store(tmp_path, local_hdfs):
+    _cluster, hdfs_env = local_hdfs
+    check_pipeline(tmp_path, {**hdfs_env, "HEALTHMON_LANDING": f"{hdfs_env['HEALTHMON_LANDING']}-e2e"})
+
+
+def landed_ids(env: dict[str, str]) -> list[str]:
+    """Ids of every landed raw line, read through the landing store itself (WebHDFS for hdfs://)."""
+    store = landing_for(load_settings(environ=env))
+    return [orjson.loads(line)["id"] for f in store.list_files(raw_dir("health")) for line in store.read(f.path).splitlines()]
+
+
+def check_pipeline(tmp_path, extra_env: dict[str, str]) -> None:
     now = time.time()
     horizon = int(now // 3600) * 3600 - 3600
     # Put 'now - lateness' in the middle of the hour after `horizon`, so the build's horizon is `horizon`.
@@ -130,6 +149,7 @@ def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
         "HEALTHMON_API_PORT": str(api_port),
         "HEALTHMON_SEGMENT_MAX_SECONDS": "0.2",
         "HEALTHMON_BATCH_LATENESS_S": str(lateness),
+        **extra_env,
     }
     api = f"http://127.0.0.1:{api_port}"
     procs = [start_healthmon(["collect"], env), start_healthmon(["speed"], env), start_healthmon(["serve"], env)]
@@ -154,6 +174,8 @@ def test_udp_to_merged_api_exact_across_a_batch_build(tmp_path):
         pipeline = requests.get(f"{api}/api/v1/pipeline", timeout=5).json()
         (collector,) = pipeline["collectors"].values()
         assert collector["accepted"] == len(messages) and collector["rejected"] == 0
+        ids = landed_ids(env)
+        assert len(ids) == len(set(ids)) == len(messages)
         assert pipeline["horizon_ts"] in (None, 0)
         # Six whole minutes around the horizon, and a wide range.
         assert_matches(api, messages, horizon - 180, horizon + 180)

@@ -11,16 +11,23 @@ import sys
 import pytest
 import requests
 
-from tests.procs import free_port, healthmon_env, wait_until
+from healthmon import hdfs_cluster
+from healthmon.config import load_settings
+from healthmon.landing import landing_for
+from tests.procs import free_hdfs_ports, free_port, healthmon_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 
-def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("landing", ["file", pytest.param("hdfs", marks=pytest.mark.hdfs)])
+def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path, landing):
     udp_port, api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
-    env = healthmon_env(
-        {"HEALTHMON_DATA_DIR": str(tmp_path / "var"), "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)}
-    )
+    settings = {"HEALTHMON_DATA_DIR": str(tmp_path / "var"), "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)}
+    if landing == "hdfs":  # what `make run` does: the local HDFS, started by `up` itself
+        ports = free_hdfs_ports()
+        settings.update({f"HEALTHMON_{name.upper()}": str(port) for name, port in ports.items()})
+        settings["HEALTHMON_LANDING"] = f"hdfs://127.0.0.1:{ports['hdfs_rpc_port']}/healthmon"
+    env = healthmon_env(settings)
     log = open(tmp_path / "up.log", "w+b")  # noqa: SIM115 - read back below
     proc = subprocess.Popen([sys.executable, "-m", "healthmon.cli", "up", "--mock", "--mock-services", "3"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -32,6 +39,9 @@ def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path):
 
         wait_until(lambda: services() == {"api-gateway", "auth", "billing"}, 120, "mock services in /api/v1/summary")
         wait_until(lambda: requests.get(f"{api}/api/v1/pipeline", timeout=2).json()["batch"]["last_builds"], 60, "a batch build")
+        store = landing_for(load_settings(environ=env))
+        landed = store.list_files("raw/type=health")  # through WebHDFS when the landing store is HDFS
+        assert landed and all(f.path.endswith(".jsonl") and f.size > 0 for f in landed)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -44,6 +54,8 @@ def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path):
     assert f"healthmon is up: API at {api}/" in output
     for part in ("collector", "speed", "scheduler", "api", "mock"):
         assert f"{part} stopped (rc=0)" in output, output[-3000:]
-    # The collector published what it held: no hidden segment is left behind.
-    landing = tmp_path / "var" / "landing"
-    assert not [p for p in landing.rglob("_*") if p.is_file()]
+    if landing == "file":  # the collector published what it held: no hidden segment is left behind
+        assert not [p for p in (tmp_path / "var" / "landing").rglob("_*") if p.is_file()]
+    else:
+        assert "stopping the local HDFS" in output
+        assert not hdfs_cluster.status(load_settings(environ=env)).namenode_pid

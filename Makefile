@@ -11,8 +11,10 @@ $(STAMP): pyproject.toml hadoop/pom.xml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
+# The local HDFS is the landing store unless HEALTHMON_LANDING says otherwise
+# (HEALTHMON_LANDING=file:///path selects the light mode); `up` starts and stops it.
 run: setup
-	$(VENV)/bin/healthmon up --mock
+	HEALTHMON_LANDING="$${HEALTHMON_LANDING:-hdfs://127.0.0.1:8020/healthmon}" $(VENV)/bin/healthmon up --mock
 
 # pytest exits 5 when it collected no test: that fails here like any error.
 test: setup

@@ -187,6 +187,8 @@ def check_pipeline(tmp_path, extra_env: dict[str, str]) -> None:
         last = pipeline["batch"]["last_builds"][0]
         assert last["status"] == "ok" and last["hours_rebuilt"] == 1
         assert last["expired_realtime_rows"] > 0
+        master = landing_for(load_settings(environ=env)).list_files("master/type=health")
+        assert master and all(f.path.endswith(".parquet") for f in master)  # compacted in the landing store itself
         assert merged_count() == len(messages)
         assert_matches(api, messages, horizon - 180, horizon + 180)
         assert_matches(api, messages, start, end)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from batch_jobs.retention import apply_retention
 from healthmon.config import load_settings
 from healthmon.landing import landing_for, master_hour_dir, raw_segment_path
@@ -12,8 +16,13 @@ HOUR = 3600
 DAY = 86400
 
 
-def test_deletes_old_built_raw_hours_and_old_master_hours_only(tmp_path):
+@pytest.mark.parametrize("landing", ["file", pytest.param("hdfs", marks=[pytest.mark.hdfs, pytest.mark.slow])])
+def test_deletes_old_built_raw_hours_and_old_master_hours_only(tmp_path, landing, request):
     settings = load_settings({"data_dir": str(tmp_path), "retention_raw_days": 2, "retention_master_days": 10}, environ={})
+    if landing == "hdfs":
+        cluster, _env = request.getfixturevalue("local_hdfs")
+        settings = dataclasses.replace(cluster, data_dir=str(tmp_path), landing=f"{cluster.landing}-retention",
+                                       retention_raw_days=2, retention_master_days=10)
     store = landing_for(settings)
     base = int(NOW // HOUR) * HOUR
     old_built, old_unbuilt, recent = base - 3 * DAY, base - 3 * DAY + HOUR, base - DAY

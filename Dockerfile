@@ -33,6 +33,7 @@ COPY speed_jobs/ speed_jobs/
 COPY scheduler/ scheduler/
 COPY serving/ serving/
 COPY mock_services/ mock_services/
+COPY agent/ agent/
 RUN pip install --no-deps . && healthmon settings > /dev/null
 
 # Not root.  The data directory belongs to the user, so a named volume mounted there (which Docker

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from batch_jobs.transforms import VIEW_TRANSFORMS
 from healthmon.config import Settings
 from healthmon.landing import (
     HOUR_S,
@@ -43,11 +44,10 @@ from healthmon.landing import (
 )
 from healthmon.schema import spark_schema
 from healthmon.state import append_run
-from healthmon.views import BATCH_VIEW, HEALTH_COLUMNS, REALTIME_VIEW, expire_below, merge_select, read_horizon, update_view
+from healthmon.views import BATCH_VIEW, REALTIME_VIEW, AggTable, expire_below, read_horizon, update_view
 
 log = logging.getLogger(__name__)
 
-MSG_TYPE = "health"
 DAY_S = 86400
 
 
@@ -99,8 +99,8 @@ def _hour_list_sql(hours: list[int]) -> str:
 
 
 def rebuild_hours(spark, store: LandingStore, con, chunk: list[HourInput], window_s: int) -> int:
-    """Compact ``chunk``'s raw hours into master and replace their windows in ``con``; rows written."""
-    from batch_jobs.transforms import dedupe_messages, health_windows, with_hour_partition
+    """Compact ``chunk``'s raw hours (one message type) into master and replace their view rows in ``con``; rows written."""
+    from batch_jobs.transforms import VIEW_TRANSFORMS, dedupe_messages, with_hour_partition
 
     msg_type = chunk[0].msg_type
     paths = [store.uri(f.path) for h in chunk for f in h.files]
@@ -112,36 +112,41 @@ def rebuild_hours(spark, store: LandingStore, con, chunk: list[HourInput], windo
         .partitionBy("date", "hour")
         .parquet(store.uri(master_dir(msg_type)))
     )
-    master = spark.read.parquet(*[store.uri(master_hour_dir(msg_type, h.hour_start)) for h in chunk])
-    windows = health_windows(master, window_s).toArrow()
+    master = spark.read.parquet(*[store.uri(master_hour_dir(msg_type, h.hour_start)) for h in chunk]).persist()
     hour_list = _hour_list_sql([h.hour_start for h in chunk])
-    con.execute(f"DELETE FROM health_window WHERE window_start // {HOUR_S} * {HOUR_S} IN ({hour_list})")
-    con.register("new_windows", windows)
-    con.execute(f"INSERT INTO health_window ({', '.join(HEALTH_COLUMNS)}) SELECT {', '.join(HEALTH_COLUMNS)} FROM new_windows")
-    con.unregister("new_windows")
+    rows = 0
+    try:
+        for spec, transform in VIEW_TRANSFORMS[msg_type]:
+            table = transform(master, window_s).toArrow()
+            con.execute(f"DELETE FROM {spec.table()} WHERE window_start // {HOUR_S} * {HOUR_S} IN ({hour_list})")
+            con.register("new_rows", table)
+            columns = ", ".join(spec.columns)
+            con.execute(f"INSERT INTO {spec.table()} ({columns}) SELECT {columns} FROM new_rows")
+            con.unregister("new_rows")
+            rows += table.num_rows
+    finally:
+        master.unpersist()
     for h in chunk:
         con.execute(
             "INSERT OR REPLACE INTO view_inputs VALUES (?, ?, ?, ?, ?)",
             [h.msg_type, h.hour_start, h.fingerprint, len(h.files), h.bytes],
         )
-    return windows.num_rows
+    return rows
 
 
-def refresh_rollups(con, hours: list[int]) -> None:
-    """Recompute hour rollups of ``hours`` and day rollups of their days from the windows."""
+def refresh_rollups(con, spec: AggTable, hours: list[int]) -> None:
+    """Recompute ``spec``'s hour rollups of ``hours`` and day rollups of their days from its windows."""
     if not hours:
         return
     days = sorted({h // DAY_S * DAY_S for h in hours})
-    con.execute(f"DELETE FROM health_hour WHERE window_start IN ({_hour_list_sql(hours)})")
-    con.execute(
-        f"INSERT INTO health_hour SELECT service, window_start // {HOUR_S} * {HOUR_S} AS window_start, {merge_select()} "
-        f"FROM health_window WHERE window_start // {HOUR_S} * {HOUR_S} IN ({_hour_list_sql(hours)}) GROUP BY ALL"
-    )
-    con.execute(f"DELETE FROM health_day WHERE window_start IN ({_hour_list_sql(days)})")
-    con.execute(
-        f"INSERT INTO health_day SELECT service, window_start // {DAY_S} * {DAY_S} AS window_start, {merge_select()} "
-        f"FROM health_hour WHERE window_start // {DAY_S} * {DAY_S} IN ({_hour_list_sql(days)}) GROUP BY ALL"
-    )
+    keys = ", ".join(spec.key_names[:-1])
+    for grain, unit, source, starts in (("hour", HOUR_S, "window", hours), ("day", DAY_S, "hour", days)):
+        target, origin, listed = spec.table(grain), spec.table(source), _hour_list_sql(starts)
+        con.execute(f"DELETE FROM {target} WHERE window_start IN ({listed})")
+        con.execute(
+            f"INSERT INTO {target} SELECT {keys}, window_start // {unit} * {unit} AS window_start, {spec.merge_select()} "
+            f"FROM {origin} WHERE window_start // {unit} * {unit} IN ({listed}) GROUP BY ALL"
+        )
 
 
 def build(spark, settings: Settings, store: LandingStore, now: float | None = None, progress: bool = False) -> dict:
@@ -152,15 +157,20 @@ def build(spark, settings: Settings, store: LandingStore, now: float | None = No
     def change(con) -> dict:
         previous = read_horizon(con)
         horizon = max(previous, closed_horizon(now, settings.batch_lateness_s))
-        built = dict(con.execute("SELECT hour_start, fingerprint FROM view_inputs WHERE msg_type = ?", [MSG_TYPE]).fetchall())
-        todo = plan_hours(raw_hours(store, MSG_TYPE), built, horizon)
+        todo_by_type = {}
+        for msg_type in VIEW_TRANSFORMS:
+            built = dict(con.execute("SELECT hour_start, fingerprint FROM view_inputs WHERE msg_type = ?", [msg_type]).fetchall())
+            todo_by_type[msg_type] = plan_hours(raw_hours(store, msg_type), built, horizon)
+        todo = [h for hours in todo_by_type.values() for h in hours]
         rows = 0
         bar = tqdm(total=len(todo), unit="hour", desc="batch build", disable=not progress)
-        for chunk in chunked(todo, settings.batch_hours_per_job):
-            rows += rebuild_hours(spark, store, con, chunk, settings.window_s)
-            bar.update(len(chunk))
+        for msg_type, hours in todo_by_type.items():
+            for chunk in chunked(hours, settings.batch_hours_per_job):
+                rows += rebuild_hours(spark, store, con, chunk, settings.window_s)
+                bar.update(len(chunk))
+            for spec, _transform in VIEW_TRANSFORMS[msg_type]:
+                refresh_rollups(con, spec, [h.hour_start for h in hours])
         bar.close()
-        refresh_rollups(con, [h.hour_start for h in todo])
         con.execute("DELETE FROM view_meta")
         con.execute(
             "INSERT INTO view_meta VALUES (?, ?, ?, ?, ?, ?)",

@@ -1,8 +1,10 @@
 """Spark transforms, pure ``DataFrame -> DataFrame`` functions.
 
 The batch build and the streaming job's ``foreachBatch`` apply the very same
-functions, so both layers aggregate a message identically.  Output columns of
-``health_windows`` are exactly ``healthmon.views.HEALTH_COLUMNS``.
+functions, so both layers aggregate a message identically.  Each view
+transform's output columns are exactly those of its ``healthmon.views``
+table family; ``VIEW_TRANSFORMS`` says which transforms feed which tables for
+each message type.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from healthmon.schema import HEALTH_METRICS
-from healthmon.views import HEALTH_COLUMNS
+from healthmon.views import DISK_LATENCY, DISK_LATENCY_BUCKET, HEALTH, HEALTH_COLUMNS, AggTable
 
 
 def _used_pct(free: str, total: str) -> Column:
@@ -56,11 +58,55 @@ def with_hour_partition(raw: DataFrame) -> DataFrame:
     return raw.withColumn("date", F.date_format(stamp, "yyyy-MM-dd")).withColumn("hour", F.date_format(stamp, "HH"))
 
 
-def complete_lines(raw: DataFrame) -> DataFrame:
-    """Lines that carry a service and a ts (the streaming source reads leniently)."""
-    return raw.where(F.col("service").isNotNull() & F.col("ts").isNotNull())
+def complete_lines(raw: DataFrame, columns: tuple[str, ...] = ("service", "ts")) -> DataFrame:
+    """Lines that carry every one of ``columns`` (the streaming source reads leniently)."""
+    condition = F.lit(True)
+    for name in columns:
+        condition = condition & F.col(name).isNotNull()
+    return raw.where(condition)
 
 
 def dedupe_messages(raw: DataFrame) -> DataFrame:
     """One row per message id (a segment shipped twice must not count twice)."""
     return raw.dropDuplicates(["id"])
+
+
+def disk_latency_windows(raw: DataFrame, window_s: int) -> DataFrame:
+    """Landed disk_latency lines -> one row per (host, device, op, window): count, sum, max, source."""
+    lines = with_window_start(raw, window_s)
+    has_sketch = F.size(F.coalesce(F.col("buckets"), F.array())) > 0
+    return (
+        lines.groupBy("host", "device", "op", "window_start")
+        .agg(
+            F.count(F.lit(1)).cast("long").alias("messages"),
+            F.sum(F.col("count").cast("long")).alias("count"),
+            F.sum("sum_us").alias("sum_us"),
+            F.max("max_us").alias("max_us"),
+            F.sum(F.when(has_sketch, F.col("count").cast("long")).otherwise(F.lit(0))).alias("sketched_count"),
+            F.max_by("source", "ts").alias("source"),
+            F.max("ts").alias("last_ts"),
+        )
+        .select(*DISK_LATENCY.columns)
+    )
+
+
+def disk_latency_buckets(raw: DataFrame, window_s: int) -> DataFrame:
+    """Landed disk_latency lines -> one row per (host, device, op, window, sketch bucket): summed counts."""
+    pairs = with_window_start(raw, window_s).select("host", "device", "op", "window_start", F.explode("buckets").alias("pair"))
+    return (
+        pairs.groupBy("host", "device", "op", "window_start", F.col("pair")[0].cast("int").alias("bucket"))
+        .agg(F.sum(F.col("pair")[1]).cast("long").alias("count"))
+        .select(*DISK_LATENCY_BUCKET.columns)
+    )
+
+
+# Message type -> (view table family, transform) pairs: what the batch build and the speed job compute.
+VIEW_TRANSFORMS: dict[str, tuple[tuple[AggTable, object], ...]] = {
+    "health": ((HEALTH, health_windows),),
+    "disk_latency": ((DISK_LATENCY, disk_latency_windows), (DISK_LATENCY_BUCKET, disk_latency_buckets)),
+}
+
+
+def required_columns(msg_type: str) -> tuple[str, ...]:
+    """Columns a landed line must carry to be aggregated (the streaming source reads leniently)."""
+    return ("service", "ts") if msg_type == "health" else ("host", "device", "op", "ts")

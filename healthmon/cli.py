@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(mock)
 
+    agent = sub.add_parser("agent", help="the real host agent: this host's health and per-device block latency over UDP")
+    agent.add_argument("--interval", type=float, default=5.0, help="seconds between sends (default 5)")
+    agent.add_argument("--source", choices=("auto", "bcc", "libbpf", "diskstats"), default="auto",
+                       help="block latency source: auto tries bcc, libbpf, diskstats in this order")
+    agent.add_argument("--target", default=None, help="host:port to send to (default: the collector's udp_host:udp_port)")
+    agent.add_argument("--devices", default=None, help="comma-separated block devices to report (default: all)")
+
     hdfs = sub.add_parser("hdfs", help="start, stop or show the local single-node HDFS (NameNode + DataNode)")
     hdfs.add_argument("action", choices=["up", "down", "status"], help="up: start and wait until ready; down: stop; status: exit 0 when up")
 
@@ -97,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         from scheduler.service import run
     elif command == "serve":
         from serving.server import run
+    elif command == "agent":
+        from agent.main import run
+
+        return run(settings, args) or 0
     elif command == "mock":
         from mock_services.sender import run
 

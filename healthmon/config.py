@@ -67,6 +67,10 @@ class Settings:
     retention_raw_days: float = setting(30.0, "Raw landed hours older than this many days are deleted.", minimum=0.01)
     retention_master_days: float = setting(400.0, "Master (Parquet) hours older than this many days are deleted.", minimum=0.01)
     retention_interval_s: float = setting(3600.0, "How often the scheduler runs retention.", minimum=1)
+    disk_recent_s: float = setting(900.0, "Drive health: the recent period whose p99 is judged, seconds.", minimum=60)
+    disk_baseline_s: float = setting(86400.0, "Drive health: the trailing period before it that is the device's own baseline.", minimum=60)
+    disk_warn_ratio: float = setting(1.5, "Drive health: p99 this many times its baseline or the fleet median is 'warn'.", minimum=1)
+    disk_degraded_ratio: float = setting(3.0, "Drive health: p99 this many times baseline or fleet median is 'degraded'.", minimum=1)
     api_host: str = setting("127.0.0.1", "Address the HTTP API listens on.")
     api_port: int = setting(5555, "Port of the HTTP API.", minimum=0, maximum=65535)
     api_threads: int = setting(8, "Worker threads of the HTTP server.", minimum=1, maximum=256)
@@ -83,6 +87,8 @@ class Settings:
                 ipaddress.ip_address(getattr(self, name))
             except ValueError:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: not an IP address") from None
+        if self.disk_degraded_ratio < self.disk_warn_ratio:
+            raise ConfigError(f"disk_degraded_ratio={self.disk_degraded_ratio}: must be >= disk_warn_ratio={self.disk_warn_ratio}")
         url = self.landing_url
         if not (url.startswith("file://") or url.startswith("hdfs://")):
             raise ConfigError(f"landing={self.landing!r}: must start with file:// or hdfs://")

@@ -4,6 +4,11 @@ From the field table below come the datagram parser and validator (used by the
 collector), the Spark ``StructType`` of landed lines (batch and speed jobs) and
 the DuckDB column list of landed lines (tests, ad-hoc queries).
 
+Two message types: ``health`` (one service's resources at one instant) and
+``disk_latency`` (one block device, one op, one interval, pre-aggregated by
+the sender into the latency sketch of ``healthmon.sketch``: count, sum_us,
+max_us and sparse ``[[bucket, count], ...]`` buckets that merge exactly).
+
 Wire format (DESIGN.md): one UTF-8 JSON object per UDP datagram.  A ``type``
 field selects the message type; a message without one is ``health``.  The
 original Health-Monitoring-System mock client's format ("seed003": keys
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
+
+from healthmon import sketch
 
 MIN_TS = 946684800.0  # 2000-01-01T00:00:00Z: older timestamps are rejected
 NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
@@ -55,6 +62,10 @@ REASONS: dict[str, str] = {
     "bad_name": "a service/host/interface name breaks [A-Za-z0-9._:-]{1,128}",
     "bad_timestamp": "ts is not epoch seconds or ISO-8601, or is out of range",
     "free_exceeds_total": "free capacity is larger than total capacity",
+    "bad_choice": "a field's value is not one of its allowed values (op: read|write; source: bcc|libbpf|diskstats|mock)",
+    "unordered_buckets": "sketch buckets are not strictly increasing (a bucket is repeated or out of order)",
+    "inconsistent_sketch": "bucket counts do not add up to count (empty buckets allowed only with mean_only), "
+                           "or count/sum_us/max_us contradict each other",
     "internal_error": "the validator itself failed (a bug): the datagram is kept for inspection",
 }
 
@@ -64,11 +75,20 @@ class Field:
     """One field of a message type: name, kind and allowed range."""
 
     name: str
-    kind: str  # "name" | "ts" | "number" | "net"
+    kind: str  # "name" | "ts" | "number" | "net" | "choice" | "int" | "buckets" | "bool"
     required: bool = True
     minimum: float | None = None
     maximum: float | None = None
     doc: str = ""
+    choices: tuple[str, ...] = ()  # kind "choice": the allowed values
+
+
+# Minimum of a number that must be > 0: the smallest positive double (keeps the range check one comparison).
+POSITIVE = math.ulp(0.0)
+# Largest count (per message, per bucket): exact in a double, so sums stay exact everywhere.
+MAX_COUNT = 2**53 - 1
+DISK_OPS = ("read", "write")
+LATENCY_SOURCES = ("bcc", "libbpf", "diskstats", "mock")
 
 
 HEALTH_FIELDS: tuple[Field, ...] = (
@@ -90,7 +110,21 @@ ENVELOPE_FIELDS: tuple[Field, ...] = (
     Field("recv_ts", "ts", doc="when the collector received it, epoch seconds"),
 )
 
-MESSAGE_TYPES: dict[str, tuple[Field, ...]] = {"health": HEALTH_FIELDS}
+DISK_LATENCY_FIELDS: tuple[Field, ...] = (
+    Field("host", "name", doc="host the device is in"),
+    Field("device", "name", doc="block device, e.g. nvme0n1, vda, loop0 (same charset as names)"),
+    Field("op", "choice", choices=DISK_OPS, doc="read | write"),
+    Field("ts", "ts", doc="end of the interval: epoch seconds or ISO-8601"),
+    Field("interval_s", "number", minimum=POSITIVE, maximum=3600, doc="length of the interval, s (0 < x <= 3600)"),
+    Field("count", "int", minimum=0, maximum=MAX_COUNT, doc="I/Os completed in the interval"),
+    Field("sum_us", "number", minimum=0, doc="sum of their latencies, microseconds"),
+    Field("max_us", "number", minimum=0, doc="largest latency, microseconds"),
+    Field("buckets", "buckets", doc="sparse latency sketch (healthmon.sketch): [[bucket, count], ...], buckets increasing"),
+    Field("source", "choice", required=False, choices=LATENCY_SOURCES, doc="how the sender measured: bcc | libbpf | diskstats | mock"),
+    Field("mean_only", "bool", required=False, doc="true: only the mean is known (diskstats); buckets may then be empty"),
+)
+
+MESSAGE_TYPES: dict[str, tuple[Field, ...]] = {"health": HEALTH_FIELDS, "disk_latency": DISK_LATENCY_FIELDS}
 
 # (free, total) pairs checked together.
 CAPACITY_PAIRS = (("ram_free_gb", "ram_total_gb"), ("disk_free_gb", "disk_total_gb"))
@@ -173,7 +207,61 @@ def _validate(fields: tuple[Field, ...], obj: dict, recv_ts: float, max_skew_s: 
             out[f.name] = ts
         elif f.kind == "net":
             out[f.name] = _validate_net(value)
+        elif f.kind == "choice":
+            if not isinstance(value, str):
+                raise Rejected("wrong_type", f"{f.name} must be a string")
+            if value not in f.choices:
+                raise Rejected("bad_choice", f"{f.name}={value[:40]!r}, not one of {'|'.join(f.choices)}")
+            out[f.name] = value
+        elif f.kind == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Rejected("wrong_type", f"{f.name} must be an integer")
+            if (f.minimum is not None and value < f.minimum) or (f.maximum is not None and value > f.maximum):
+                raise Rejected("out_of_range", f"{f.name}={value}")
+            out[f.name] = value
+        elif f.kind == "bool":
+            if not isinstance(value, bool):
+                raise Rejected("wrong_type", f"{f.name} must be true or false")
+            out[f.name] = value
+        elif f.kind == "buckets":
+            out[f.name] = _validate_buckets(f.name, value)
     return out
+
+
+def _validate_buckets(name: str, value) -> list[list[int]]:
+    """A sparse sketch: [[bucket, count], ...], bucket 0..MAX_BUCKET increasing, count 1..MAX_COUNT."""
+    if not isinstance(value, list):
+        raise Rejected("wrong_type", f"{name} must be a list of [bucket, count] pairs")
+    previous = -1
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise Rejected("wrong_type", f"{name}: {str(pair)[:40]} is not a [bucket, count] pair")
+        bucket, count = pair
+        if type(bucket) is not int or type(count) is not int:  # noqa: E721 - bool is an int subclass, and not allowed
+            raise Rejected("wrong_type", f"{name}: {str(pair)[:40]} must hold two integers")
+        if not 0 <= bucket <= sketch.MAX_BUCKET:
+            raise Rejected("out_of_range", f"{name}: bucket {bucket} not in 0..{sketch.MAX_BUCKET}")
+        if not 1 <= count <= MAX_COUNT:
+            raise Rejected("out_of_range", f"{name}: bucket {bucket} has count {count}")
+        if bucket <= previous:
+            raise Rejected("unordered_buckets", f"{name}: bucket {bucket} after {previous}")
+        previous = bucket
+    return value
+
+
+def _check_disk_latency(out: dict) -> None:
+    """The sketch agrees with count, and count, sum_us and max_us with each other."""
+    count, sum_us, max_us = out["count"], out["sum_us"], out["max_us"]
+    buckets = out["buckets"]
+    in_buckets = sum(c for _, c in buckets)
+    if buckets or not out.get("mean_only", False):
+        if in_buckets != count:
+            raise Rejected("inconsistent_sketch", f"bucket counts add up to {in_buckets}, count={count}")
+    if count == 0:
+        if sum_us or max_us:
+            raise Rejected("inconsistent_sketch", f"count=0 with sum_us={sum_us}, max_us={max_us}")
+    elif max_us > sum_us * (1 + 1e-9):
+        raise Rejected("inconsistent_sketch", f"max_us={max_us} > sum_us={sum_us}")
 
 
 def _validate_net(value) -> dict:
@@ -227,17 +315,19 @@ def parse_message(data: bytes, recv_ts: float, max_skew_s: float = 3600.0) -> di
     if fields is None:
         raise Rejected("unknown_type", str(msg_type)[:40])
     out = _validate(fields, obj, recv_ts, max_skew_s)
-    for free, total in CAPACITY_PAIRS:
-        if free in out and out[free] > out[total]:
-            raise Rejected("free_exceeds_total", f"{free}={out[free]} > {total}={out[total]}")
+    if msg_type == "health":
+        for free, total in CAPACITY_PAIRS:
+            if out[free] > out[total]:
+                raise Rejected("free_exceeds_total", f"{free}={out[free]} > {total}={out[total]}")
+    else:
+        _check_disk_latency(out)
     return {"type": msg_type, **out}
 
 
 # ---------------------------------------------------------------- derived schemas
 
-_SPARK_KIND = {"name": "string", "ts": "double", "number": "double"}
-_DUCKDB_KIND = {"name": "VARCHAR", "ts": "DOUBLE", "number": "DOUBLE",
-                "net": "MAP(VARCHAR, STRUCT(rx_bps DOUBLE, tx_bps DOUBLE))"}
+_DUCKDB_KIND = {"name": "VARCHAR", "ts": "DOUBLE", "number": "DOUBLE", "choice": "VARCHAR", "int": "BIGINT", "bool": "BOOLEAN",
+                "buckets": "BIGINT[][]", "net": "MAP(VARCHAR, STRUCT(rx_bps DOUBLE, tx_bps DOUBLE))"}
 
 
 def landed_fields(msg_type: str) -> tuple[Field, ...]:
@@ -253,7 +343,11 @@ def spark_schema(msg_type: str):
         if f.kind == "net":
             rates = T.StructType([T.StructField("rx_bps", T.DoubleType()), T.StructField("tx_bps", T.DoubleType())])
             return T.MapType(T.StringType(), rates)
-        return T.StringType() if _SPARK_KIND[f.kind] == "string" else T.DoubleType()
+        if f.kind == "buckets":
+            return T.ArrayType(T.ArrayType(T.LongType()))
+        simple = {"name": T.StringType, "choice": T.StringType, "ts": T.DoubleType, "number": T.DoubleType,
+                  "int": T.LongType, "bool": T.BooleanType}
+        return simple[f.kind]()
 
     return T.StructType([T.StructField(f.name, spark_type(f), nullable=True) for f in landed_fields(msg_type)])
 
@@ -269,6 +363,20 @@ def duckdb_columns(msg_type: str) -> dict[str, str]:
 def encode(message: dict) -> bytes:
     """One datagram of a canonical message (what senders put on the wire)."""
     return orjson.dumps(message)
+
+
+def disk_latency_message(host: str, device: str, op: str, ts: float, interval_s: float, latencies: sketch.LatencySketch,
+                         source: str | None = None, mean_only: bool = False) -> dict:
+    """The canonical ``disk_latency`` message of one device, op and interval (``encode`` puts it on the wire)."""
+    message = {
+        "type": "disk_latency", "host": host, "device": device, "op": op, "ts": ts, "interval_s": interval_s,
+        "count": latencies.count, "sum_us": latencies.sum_us, "max_us": latencies.max_us, "buckets": latencies.to_pairs(),
+    }
+    if source is not None:
+        message["source"] = source
+    if mean_only:
+        message["mean_only"] = True
+    return message
 
 
 def encode_seed003(message: dict) -> bytes:

@@ -30,7 +30,10 @@ def bucket_of(value_us: float) -> int:
     """The bucket of a latency in microseconds."""
     if value_us <= 1.0:
         return 0
-    return min(MAX_BUCKET, max(1, math.ceil(math.log(value_us) / _LOG_GAMMA)))
+    b = math.ceil(math.log(value_us) / _LOG_GAMMA)
+    if b > 1 and GAMMA ** (b - 1) >= value_us:  # log rounding put a value on a boundary one bucket too high
+        b -= 1
+    return min(MAX_BUCKET, max(1, b))
 
 
 def bucket_value(bucket: int) -> float:

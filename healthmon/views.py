@@ -28,6 +28,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -37,56 +38,124 @@ from healthmon.schema import HEALTH_METRICS
 BATCH_VIEW = "batch.duckdb"
 REALTIME_VIEW = "realtime.duckdb"
 
-# Aggregate columns of every health window/rollup row, derived from the metrics.
-HEALTH_AGG_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("count", "BIGINT"),
-    *((f"{m}_{agg}", "DOUBLE") for m in HEALTH_METRICS for agg in ("sum", "min", "max", "last")),
-    ("last_ts", "DOUBLE"),
+GRAINS = ("window", "hour", "day")  # <name>_window (base windows), <name>_hour and <name>_day (batch rollups)
+MERGES = ("sum", "min", "max", "last")  # how an aggregate column combines; "last" takes the value at the largest last_ts
+
+
+@dataclass(frozen=True)
+class AggTable:
+    """A family of view tables of mergeable aggregates: ``<name>_window``, ``<name>_hour``, ``<name>_day``.
+
+    ``keys`` are the grouping columns besides ``window_start``; each aggregate
+    column says how two rows of it merge.  DDL, the merging select-list and
+    the real-time upsert are all derived from this, so every layer merges a
+    table the same way.
+    """
+
+    name: str
+    keys: tuple[tuple[str, str], ...]
+    aggs: tuple[tuple[str, str, str], ...]  # (column, DuckDB type, merge)
+    message_count: str = "count"  # the column that counts the messages aggregated
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return (*(k for k, _ in self.keys), "window_start")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.key_names, *(a for a, _, _ in self.aggs))
+
+    def table(self, grain: str = "window") -> str:
+        return f"{self.name}_{grain}"
+
+    def ddl(self, catalog_prefix: str = "") -> list[str]:
+        cols = ", ".join([*(f"{k} {t}" for k, t in self.keys), "window_start BIGINT", *(f"{a} {t}" for a, t, _ in self.aggs)])
+        pk = ", ".join(self.key_names)
+        return [f"CREATE TABLE IF NOT EXISTS {catalog_prefix}{self.table(g)} ({cols}, PRIMARY KEY ({pk}))" for g in GRAINS]
+
+    def merge_select(self, prefix: str = "") -> str:
+        """SQL select-list that merges rows of this table's aggregates (use with GROUP BY the keys)."""
+        parts = []
+        for col, kind, merge in self.aggs:
+            if merge == "last":
+                parts.append(f"arg_max({prefix}{col}, {prefix}last_ts) AS {col}")
+            else:
+                cast = "::BIGINT" if kind == "BIGINT" and merge == "sum" else ""
+                parts.append(f"{merge}({prefix}{col}){cast} AS {col}")
+        return ", ".join(parts)
+
+    def upsert_sql(self, table: str, source: str) -> str:
+        """INSERT ... ON CONFLICT that adds the partial aggregates of ``source`` into ``table``."""
+        sets = []
+        for col, _kind, merge in self.aggs:
+            sets.append({
+                "sum": f"{col} = {col} + excluded.{col}",
+                "min": f"{col} = least({col}, excluded.{col})",
+                "max": f"{col} = greatest({col}, excluded.{col})",
+                "last": f"{col} = CASE WHEN excluded.last_ts >= last_ts THEN excluded.{col} ELSE {col} END",
+            }[merge])
+        # "last" columns compare with the old last_ts, so last_ts itself is updated last.
+        sets.sort(key=lambda s: s.startswith("last_ts "))
+        cols = ", ".join(self.columns)
+        return (
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source} "
+            f"ON CONFLICT ({', '.join(self.key_names)}) DO UPDATE SET {', '.join(sets)}"
+        )
+
+
+HEALTH = AggTable(
+    "health",
+    keys=(("service", "VARCHAR"),),
+    aggs=(
+        ("count", "BIGINT", "sum"),
+        *((f"{m}_{agg}", "DOUBLE", "last" if agg == "last" else agg) for m in HEALTH_METRICS for agg in ("sum", "min", "max", "last")),
+        ("last_ts", "DOUBLE", "max"),
+    ),
 )
-HEALTH_KEY_COLUMNS: tuple[tuple[str, str], ...] = (("service", "VARCHAR"), ("window_start", "BIGINT"))
-HEALTH_COLUMNS = tuple(name for name, _ in HEALTH_KEY_COLUMNS + HEALTH_AGG_COLUMNS)
+_DEVICE_KEYS = (("host", "VARCHAR"), ("device", "VARCHAR"), ("op", "VARCHAR"))
+DISK_LATENCY = AggTable(
+    "disk_latency",
+    keys=_DEVICE_KEYS,
+    aggs=(
+        ("messages", "BIGINT", "sum"),  # disk_latency messages (intervals) aggregated
+        ("count", "BIGINT", "sum"),  # I/Os
+        ("sum_us", "DOUBLE", "sum"),
+        ("max_us", "DOUBLE", "max"),
+        ("sketched_count", "BIGINT", "sum"),  # the part of count with sketch buckets (not mean-only)
+        ("source", "VARCHAR", "last"),
+        ("last_ts", "DOUBLE", "max"),
+    ),
+    message_count="messages",
+)
+DISK_LATENCY_BUCKET = AggTable(
+    "disk_latency_bucket",
+    keys=(*_DEVICE_KEYS, ("bucket", "INTEGER")),
+    aggs=(("count", "BIGINT", "sum"),),
+)
+AGG_TABLES = (HEALTH, DISK_LATENCY, DISK_LATENCY_BUCKET)
 
-HEALTH_TABLES = ("health_window", "health_hour", "health_day")
+# The health family by its columns (used widely).
+HEALTH_AGG_COLUMNS: tuple[tuple[str, str], ...] = tuple((a, t) for a, t, _ in HEALTH.aggs)
+HEALTH_COLUMNS = HEALTH.columns
+HEALTH_TABLES = tuple(HEALTH.table(g) for g in GRAINS)
 
 
-def merge_select(prefix: str = "") -> str:
-    """SQL select-list that merges rows of health aggregates (use with GROUP BY)."""
-    parts = [f"sum({prefix}count)::BIGINT AS count"]
-    for m in HEALTH_METRICS:
-        parts += [
-            f"sum({prefix}{m}_sum) AS {m}_sum",
-            f"min({prefix}{m}_min) AS {m}_min",
-            f"max({prefix}{m}_max) AS {m}_max",
-            f"arg_max({prefix}{m}_last, {prefix}last_ts) AS {m}_last",
-        ]
-    parts.append(f"max({prefix}last_ts) AS last_ts")
-    return ", ".join(parts)
+def merge_select(prefix: str = "", spec: AggTable = HEALTH) -> str:
+    """SQL select-list that merges rows of ``spec``'s aggregates (use with GROUP BY)."""
+    return spec.merge_select(prefix)
 
 
-def upsert_sql(table: str, source: str) -> str:
+def upsert_sql(table: str, source: str, spec: AggTable = HEALTH) -> str:
     """INSERT ... ON CONFLICT that adds the partial aggregates of ``source`` into ``table``."""
-    sets = ["count = count + excluded.count"]
-    for m in HEALTH_METRICS:
-        sets += [
-            f"{m}_sum = {m}_sum + excluded.{m}_sum",
-            f"{m}_min = least({m}_min, excluded.{m}_min)",
-            f"{m}_max = greatest({m}_max, excluded.{m}_max)",
-            f"{m}_last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.{m}_last ELSE {m}_last END",
-        ]
-    sets.append("last_ts = greatest(last_ts, excluded.last_ts)")
-    cols = ", ".join(HEALTH_COLUMNS)
-    return (
-        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source} "
-        f"ON CONFLICT (service, window_start) DO UPDATE SET {', '.join(sets)}"
-    )
+    return spec.upsert_sql(table, source)
 
 
 def create_schema(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> None:
     """Create every view table (idempotent) in ``catalog`` (default: the main database)."""
     q = f"{catalog}." if catalog else ""
-    cols = ", ".join(f"{name} {kind}" for name, kind in HEALTH_KEY_COLUMNS + HEALTH_AGG_COLUMNS)
-    for table in HEALTH_TABLES:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {q}{table} ({cols}, PRIMARY KEY (service, window_start))")
+    for spec in AGG_TABLES:
+        for statement in spec.ddl(q):
+            con.execute(statement)
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {q}view_meta (horizon BIGINT, built_at DOUBLE, window_s INTEGER,"
         " build_id VARCHAR, hours_rebuilt INTEGER, rows_written BIGINT)"
@@ -96,7 +165,7 @@ def create_schema(con: duckdb.DuckDBPyConnection, catalog: str | None = None) ->
         " files INTEGER, bytes BIGINT, PRIMARY KEY (msg_type, hour_start))"
     )
     con.execute(
-        f"CREATE TABLE IF NOT EXISTS {q}speed_progress (batch_id BIGINT, committed_at DOUBLE,"
+        f"CREATE TABLE IF NOT EXISTS {q}speed_progress (stream VARCHAR PRIMARY KEY, batch_id BIGINT, committed_at DOUBLE,"
         " input_rows BIGINT, max_event_ts DOUBLE, horizon BIGINT)"
     )
 
@@ -230,9 +299,12 @@ def expire_below(view_path: Path, horizon: int) -> int:
         return 0
 
     def change(con: duckdb.DuckDBPyConnection) -> int:
-        (count,) = con.execute("SELECT count(*) FROM health_window WHERE window_start < ?", [horizon]).fetchone()
-        if count:
-            con.execute("DELETE FROM health_window WHERE window_start < ?", [horizon])
-        return count
+        deleted = 0
+        for spec in AGG_TABLES:
+            (count,) = con.execute(f"SELECT count(*) FROM {spec.table()} WHERE window_start < ?", [horizon]).fetchone()
+            if count:
+                con.execute(f"DELETE FROM {spec.table()} WHERE window_start < ?", [horizon])
+            deleted += count
+        return deleted
 
     return update_view(view_path, change)

@@ -3,8 +3,9 @@
 A scenario turns a service profile and the time since the mock started into
 the service's health at that moment.  Values depend only on the seed, the
 elapsed time and the order of calls, never on the wall clock, so the same
-seed and rate give the same values run after run.  Only ``steady`` exists yet; later scenarios (cpu_spike,
-memory_leak, disk_fill, silent, flapping, ...) plug into ``SCENARIOS``.
+seed and rate give the same values run after run.  ``steady`` and ``degrading_drive`` exist yet (in the
+latter the services are steady and the last simulated drive's latency tail grows: ``mock_services/drives.py``);
+later scenarios (cpu_spike, memory_leak, disk_fill, silent, flapping, ...) plug into ``SCENARIOS``.
 """
 
 from __future__ import annotations
@@ -78,4 +79,5 @@ def steady(profile: ServiceProfile, elapsed_s: float, rng: random.Random) -> dic
     }
 
 
-SCENARIOS = {"steady": steady}
+# Health behaviour of each scenario; a scenario about drives keeps the services steady.
+SCENARIOS = {"steady": steady, "degrading_drive": steady}

@@ -72,3 +72,23 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
 say "virtualenv ready: .venv ($(.venv/bin/python --version))"
+
+# Block latency tracing for `healthmon agent` (optional: without these packages the agent falls back to
+# /proc/diskstats, mean latency only, and says why).  libbpf-tools gives `biolatency` (CO-RE: needs only
+# the kernel's BTF); python3-bpfcc and the kernel headers let BCC compile its tracepoint program.  Never
+# fails the setup: no apt, no root (or password-less sudo), or no such package just means no tracing.
+if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+  missing=()
+  for pkg in libbpf-tools python3-bpfcc "linux-headers-$arch"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
+      say "block latency tracing for the agent: installing Debian's ${missing[*]}"
+      ( apt_install "${missing[@]}" ) || say "could not install ${missing[*]}: the agent will use what is available (/proc/diskstats at least)"
+    else
+      say "block latency tracing for the agent needs ${missing[*]} (run as root to install): the agent will fall back"
+    fi
+  fi
+fi

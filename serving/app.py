@@ -48,15 +48,18 @@ import orjson
 from flask import Flask, Response, request
 from flask.json.provider import JSONProvider
 
+from healthmon import sketch
 from healthmon.config import Settings
 from healthmon.schema import HEALTH_METRICS, NAME_RE
 from healthmon.state import read_runs, read_state, read_states
 from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
 from serving import queries
-from serving.errors import not_found, register_error_handlers
+from serving.disk_health import judge
+from serving.errors import bad_parameter, not_found, register_error_handlers
 from serving.params import STEP_LABELS, check_known, choose_step, iso, parse_range, parse_service
 
 API = "/api/v1"
+PERCENTILES = (("p50_us", 0.50), ("p95_us", 0.95), ("p99_us", 0.99))
 
 
 class OrjsonProvider(JSONProvider):
@@ -208,6 +211,72 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             },
             "speed": speed,
             "collectors": read_states(settings.state_dir, "collector-"),
+        }
+
+    @app.get(f"{API}/disks")
+    def disk_list():
+        check_known(request.args, ())
+        con = connection()
+        return {
+            "disks": [
+                {"host": r["host"], "device": r["device"], "ops": list(r["ops"]), "count": r["count"], "source": r["source"],
+                 "last_seen": iso(r["last_ts"]), "last_seen_ts": r["last_ts"]}
+                for r in queries.disks(con, queries.horizon(con))
+            ]
+        }
+
+    @app.get(f"{API}/disks/health")
+    def disk_health():
+        check_known(request.args, ())
+        now = clock()
+        con = connection()
+        horizon = queries.horizon(con)
+        window = settings.window_s
+        recent_lo = int((now - settings.disk_recent_s) // window * window)
+        baseline_lo = int((recent_lo - settings.disk_baseline_s) // window * window)
+        recent = queries.disk_sketches(con, recent_lo, math.ceil(now), horizon)
+        baseline = queries.disk_sketches(con, baseline_lo, recent_lo, horizon)
+        return {
+            "now": iso(now), "recent_from": iso(recent_lo), "baseline_from": iso(baseline_lo),
+            "warn_ratio": settings.disk_warn_ratio, "degraded_ratio": settings.disk_degraded_ratio,
+            "devices": judge(recent, baseline, settings),
+        }
+
+    @app.get(f"{API}/disks/<host>/<device>/latency")
+    def disk_latency(host: str, device: str):
+        frm, to, lo, hi = range_args(("step", "op"))
+        op = request.args.get("op")
+        if op not in (None, "read", "write"):
+            raise bad_parameter(f"op={op[:20]!r}: must be read or write")
+        if not (NAME_RE.match(host) and NAME_RE.match(device)):
+            raise not_found(f"unknown device {host[:60]!r}/{device[:60]!r}")
+        step, first, n = choose_step(request.args.get("step"), frm, to, settings.window_s, settings.api_max_points)
+        con = connection()
+        horizon = queries.horizon(con)
+        totals, sketches = queries.disk_latency(con, host, device, op, lo, hi, step, horizon)
+        if not totals and not queries.disk_exists(con, host, device, horizon):
+            raise not_found(f"unknown device {host!r}/{device!r}")
+        by_bucket = {r["bucket"]: r for r in totals}
+        points = []
+        for i in range(n):
+            start = first + i * step
+            r = by_bucket.get(start)
+            count = r["count"] if r else 0
+            pairs = sketches.get(start, [])
+            point = {
+                "start": iso(start), "ts": start, "count": count,
+                "mean_us": _avg(r["sum_us"], count) if r else None,
+                "max_us": _num(r["max_us"]) if r else None,
+                "sketched_count": r["sketched_count"] if r else 0,
+            }
+            for name, q in PERCENTILES:
+                point[name] = sketch.quantile(pairs, q)
+            points.append(point)
+        return {
+            "host": host, "device": device, "op": op or "all", "step": STEP_LABELS[step], "step_s": step,
+            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
+            "horizon": iso(horizon) if horizon else None,
+            "points": points,
         }
 
     @app.get("/healthz")

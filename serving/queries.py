@@ -37,8 +37,14 @@ HOUR = 3600
 DAY = 86400
 END_OF_TIME = 1 << 62  # "no upper bound" for all-time queries
 
-B_WINDOW, B_HOUR, B_DAY = "b.health_window", "b.health_hour", "b.health_day"
-RT_WINDOW = "rt.health_window"
+
+
+def family_tables(family: str) -> tuple[str, str, str, str]:
+    """The batch window, hour and day tables and the real-time window table of a table family."""
+    return f"b.{family}_window", f"b.{family}_hour", f"b.{family}_day", f"rt.{family}_window"
+
+
+B_WINDOW, B_HOUR, B_DAY, RT_WINDOW = family_tables("health")
 
 Segment = tuple[str, int, int]
 
@@ -59,7 +65,7 @@ def _floor_to(x: int, unit: int) -> int:
     return x // unit * unit
 
 
-def plan(lo: int, hi: int, horizon_ts: int, step: int | None = None) -> list[Segment]:
+def plan(lo: int, hi: int, horizon_ts: int, step: int | None = None, family: str = "health") -> list[Segment]:
     """Segments ``(table, lo, hi)`` that together hold exactly the windows with start in ``[lo, hi)``.
 
     ``step`` (seconds) is the bucket size of a series: rollups are used only
@@ -67,18 +73,20 @@ def plan(lo: int, hi: int, horizon_ts: int, step: int | None = None) -> list[Seg
     hour, days for a multiple of a day).  ``None``: one bucket (summaries).
     """
     segments: list[Segment] = []
+    tables = family_tables(family)
     batch_hi = min(hi, horizon_ts)
     if lo < batch_hi:
         use_hours = step is None or step % HOUR == 0
         use_days = step is None or step % DAY == 0
-        segments += _batch_segments(lo, batch_hi, use_hours, use_days)
+        segments += _batch_segments(lo, batch_hi, use_hours, use_days, tables)
     rt_lo = max(lo, horizon_ts)
     if rt_lo < hi:
-        segments.append((RT_WINDOW, rt_lo, hi))
+        segments.append((tables[3], rt_lo, hi))
     return segments
 
 
-def _batch_segments(lo: int, hi: int, use_hours: bool, use_days: bool) -> list[Segment]:
+def _batch_segments(lo: int, hi: int, use_hours: bool, use_days: bool, tables: tuple[str, str, str, str]) -> list[Segment]:
+    B_WINDOW, B_HOUR, B_DAY, _ = tables  # noqa: N806 - the same names as the health family's constants
     hour_lo, hour_hi = _ceil_to(lo, HOUR), _floor_to(hi, HOUR)
     if not use_hours or hour_lo >= hour_hi:
         return [(B_WINDOW, lo, hi)]
@@ -99,13 +107,16 @@ def _batch_segments(lo: int, hi: int, use_hours: bool, use_days: bool) -> list[S
     return segments
 
 
-def _union(segments: list[Segment], columns: str, service: str | None) -> tuple[str, list]:
+def _union(segments: list[Segment], columns: str, service: str | None, **filters: str | None) -> tuple[str, list]:
+    """UNION ALL of the segments' rows, with equality filters (``service=`` and any other column=)."""
+    filters = {"service": service, **filters}
     parts, params = [], []
     for table, lo, hi in segments:
         where = f"window_start >= {int(lo)} AND window_start < {int(hi)}"
-        if service is not None:
-            where += " AND service = ?"
-            params.append(service)
+        for column, value in filters.items():
+            if value is not None:
+                where += f" AND {column} = ?"
+                params.append(value)
         parts.append(f"SELECT {columns} FROM {table} WHERE {where}")
     return " UNION ALL ".join(parts), params
 
@@ -213,3 +224,55 @@ def speed_progress(con: duckdb.DuckDBPyConnection) -> dict | None:
         con.execute("SELECT * FROM rt.speed_progress ORDER BY committed_at DESC NULLS LAST, batch_id DESC NULLS LAST LIMIT 1")
     )
     return rows[0] if rows else None
+
+
+# ---------------------------------------------------------------- drive latency
+
+
+def disks(con: duckdb.DuckDBPyConnection, horizon_ts: int) -> list[dict]:
+    """Every (host, device) ever seen: ``last_ts``, ``source`` (of the newest interval), ``ops``, ``count`` (I/Os)."""
+    union, params = _union(plan(0, END_OF_TIME, horizon_ts, family="disk_latency"), "host, device, op, count, source, last_ts", None)
+    sql = (
+        f"SELECT host, device, max(last_ts) AS last_ts, arg_max(source, last_ts) AS source, list(DISTINCT op ORDER BY op) AS ops, "
+        f"sum(count)::BIGINT AS count FROM ({union}) GROUP BY host, device ORDER BY host, device"
+    )
+    return _dicts(con.execute(sql, params))
+
+
+def disk_latency(
+    con: duckdb.DuckDBPyConnection, host: str, device: str, op: str | None, lo: int, hi: int, step: int, horizon_ts: int
+) -> tuple[list[dict], dict[int, list[tuple[int, int]]]]:
+    """Per bucket ``window_start // step * step``: merged count, sum_us, max_us, sketched_count; and the merged sketch buckets."""
+    step = int(step)
+    filters = {"host": host, "device": device, "op": op}
+    union, params = _union(plan(lo, hi, horizon_ts, step, "disk_latency"), "window_start, count, sum_us, max_us, sketched_count",
+                           None, **filters)
+    totals = _dicts(con.execute(
+        f"SELECT window_start // {step} * {step} AS bucket, sum(count)::BIGINT AS count, sum(sum_us) AS sum_us, max(max_us) AS max_us, "
+        f"sum(sketched_count)::BIGINT AS sketched_count FROM ({union}) GROUP BY bucket ORDER BY bucket",
+        params,
+    ))
+    union, params = _union(plan(lo, hi, horizon_ts, step, "disk_latency_bucket"), "window_start, bucket, count", None, **filters)
+    sketches: dict[int, list[tuple[int, int]]] = {}
+    for start, bucket, count in con.execute(
+        f"SELECT window_start // {step} * {step} AS ws, bucket, sum(count)::BIGINT FROM ({union}) GROUP BY ws, bucket ORDER BY ws, bucket",
+        params,
+    ).fetchall():
+        sketches.setdefault(int(start), []).append((int(bucket), int(count)))
+    return totals, sketches
+
+
+def disk_exists(con: duckdb.DuckDBPyConnection, host: str, device: str, horizon_ts: int) -> bool:
+    union, params = _union(plan(0, END_OF_TIME, horizon_ts, family="disk_latency"), "1 AS one", None, host=host, device=device)
+    return con.execute(f"SELECT 1 FROM ({union}) LIMIT 1", params).fetchone() is not None
+
+
+def disk_sketches(con: duckdb.DuckDBPyConnection, lo: int, hi: int, horizon_ts: int) -> dict[tuple[str, str, str], list[tuple[int, int]]]:
+    """Merged sketch buckets per (host, device, op) over windows with start in ``[lo, hi)``."""
+    union, params = _union(plan(lo, hi, horizon_ts, family="disk_latency_bucket"), "host, device, op, bucket, count", None)
+    out: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
+    for host, device, op, bucket, count in con.execute(
+        f"SELECT host, device, op, bucket, sum(count)::BIGINT FROM ({union}) GROUP BY ALL ORDER BY ALL", params
+    ).fetchall():
+        out.setdefault((host, device, op), []).append((int(bucket), int(count)))
+    return out

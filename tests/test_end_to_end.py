@@ -23,7 +23,8 @@ import requests
 
 from healthmon.config import load_settings
 from healthmon.landing import landing_for, raw_dir
-from healthmon.schema import encode, encode_seed003
+from healthmon.schema import disk_latency_message, encode, encode_seed003
+from healthmon.sketch import LatencySketch
 from healthmon.state import read_state
 from tests.procs import free_port, run_healthmon, start_healthmon, stop_process, wait_until
 
@@ -58,6 +59,44 @@ def make_messages(horizon: int, seed: int = 7) -> list[dict]:
     messages[0]["ts"] = float(horizon)
     messages[-1]["ts"] = float(horizon)
     return messages
+
+
+DEVICES = (("host-a", "nvme0n1"), ("host-b", "nvme1n1"))
+
+
+def make_latency_messages(horizon: int, seed: int = 11) -> list[dict]:
+    """disk_latency messages every 5 s per device and op over the same six minutes, from real sketches."""
+    rng = random.Random(seed)
+    messages = []
+    for host, device in DEVICES:
+        for op, scale in (("read", 80.0), ("write", 150.0)):
+            for end in range(horizon - 175, horizon + 180, 5):
+                latencies = LatencySketch()
+                for _ in range(rng.randint(20, 60)):
+                    latencies.add(rng.lognormvariate(math.log(scale), 0.6))
+                messages.append(disk_latency_message(host, device, op, float(end), 5.0, latencies, source="mock"))
+    return messages
+
+
+def assert_latency_matches(api: str, messages: list[dict], start: int, end: int) -> None:
+    """Count, mean, max and p50/p95/p99 per minute equal those of the merged sketches that were sent."""
+    for host, device in DEVICES:
+        for op in ("read", "write"):
+            answer = requests.get(f"{api}/api/v1/disks/{host}/{device}/latency",
+                                  params={"from": start, "to": end, "step": "60s", "op": op}, timeout=10).json()
+            for point in answer["points"]:
+                sent = [m for m in messages if m["host"] == host and m["device"] == device and m["op"] == op
+                        and point["ts"] <= m["ts"] // 60 * 60 < point["ts"] + 60 and start <= m["ts"] < end]
+                merged = LatencySketch()
+                for m in sent:
+                    merged.merge(LatencySketch.from_pairs(m["buckets"], m["sum_us"], m["max_us"]))
+                assert point["count"] == merged.count, (host, device, op, point["ts"])
+                if not sent:
+                    continue
+                assert close(point["mean_us"], merged.sum_us / merged.count)
+                assert point["max_us"] == merged.max_us
+                for name, q in (("p50_us", 0.5), ("p95_us", 0.95), ("p99_us", 0.99)):
+                    assert point[name] == merged.quantile(q), (name, host, device, op, point["ts"])
 
 
 def expected(messages: list[dict], step: int, start: int, end: int):
@@ -164,34 +203,47 @@ def check_pipeline(tmp_path, extra_env: dict[str, str]) -> None:
             sock.sendto(encode_seed003(message) if i % 5 == 0 else encode({"type": "health", **message}), ("127.0.0.1", udp_port))
             if i % 200 == 0:
                 time.sleep(0.01)
+        latency = make_latency_messages(horizon)
+        for i, message in enumerate(latency):
+            sock.sendto(encode(message), ("127.0.0.1", udp_port))
+            if i % 200 == 0:
+                time.sleep(0.01)
         start, end = horizon - 3600, horizon + 3600
 
         def merged_count() -> int:
             answer = requests.get(f"{api}/api/v1/summary", params={"from": start, "to": end}, timeout=5).json()
             return sum(row["count"] for row in answer["services"])
 
+        def latency_count() -> int:
+            disks = requests.get(f"{api}/api/v1/disks", timeout=5).json()["disks"]
+            return sum(d["count"] for d in disks)
+
         wait_until(lambda: merged_count() == len(messages), 120, "all messages visible in the merged view")
+        wait_until(lambda: latency_count() == sum(m["count"] for m in latency), 120, "all drive latency visible")
         pipeline = requests.get(f"{api}/api/v1/pipeline", timeout=5).json()
         (collector,) = pipeline["collectors"].values()
-        assert collector["accepted"] == len(messages) and collector["rejected"] == 0
+        assert collector["accepted"] == len(messages) + len(latency) and collector["rejected"] == 0
         ids = landed_ids(env)
         assert len(ids) == len(set(ids)) == len(messages)
         assert pipeline["horizon_ts"] in (None, 0)
         # Six whole minutes around the horizon, and a wide range.
         assert_matches(api, messages, horizon - 180, horizon + 180)
         assert_matches(api, messages, start, end)
+        assert_latency_matches(api, latency, horizon - 180, horizon + 180)
 
         run_healthmon(["batch"], env, timeout=300)
         pipeline = requests.get(f"{api}/api/v1/pipeline", timeout=5).json()
         assert pipeline["horizon_ts"] == horizon
         last = pipeline["batch"]["last_builds"][0]
-        assert last["status"] == "ok" and last["hours_rebuilt"] == 1
+        assert last["status"] == "ok" and last["hours_rebuilt"] == 2  # one hour of each message type
         assert last["expired_realtime_rows"] > 0
         master = landing_for(load_settings(environ=env)).list_files("master/type=health")
         assert master and all(f.path.endswith(".parquet") for f in master)  # compacted in the landing store itself
         assert merged_count() == len(messages)
+        assert latency_count() == sum(m["count"] for m in latency)
         assert_matches(api, messages, horizon - 180, horizon + 180)
         assert_matches(api, messages, start, end)
+        assert_latency_matches(api, latency, horizon - 180, horizon + 180)
     finally:
         for proc in procs:
             stop_process(proc)

@@ -153,7 +153,7 @@ def publish_realtime(
     def change(con):
         insert_rows(con, "health_window", rows)
         if progress is not None:
-            con.execute("INSERT INTO speed_progress VALUES (?, ?, ?, ?, ?)", list(progress))
+            con.execute("INSERT INTO speed_progress VALUES ('health', ?, ?, ?, ?, ?)", list(progress))
 
     update_view(Path(views_dir) / REALTIME_VIEW, change, fresh=True)
 

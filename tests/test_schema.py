@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from healthmon import schema
+from healthmon import schema, sketch
 from healthmon.schema import REASONS, Rejected, parse_message
+from healthmon.sketch import LatencySketch
 
 RECV_TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 SKEW = 3600.0
@@ -31,6 +32,32 @@ SEED003 = (
 def dgram(**changes) -> bytes:
     """GOOD with ``changes`` applied (a value of ... removes the field), as a datagram."""
     msg = dict(GOOD)
+    for key, value in changes.items():
+        if value is ...:
+            msg.pop(key, None)
+        else:
+            msg[key] = value
+    return orjson.dumps(msg)
+
+
+# A disk_latency message: 4 reads in 5 s, one sketch bucket per distinct latency.
+DISK = {
+    "type": "disk_latency",
+    "host": "host-03",
+    "device": "nvme0n1",
+    "op": "read",
+    "ts": RECV_TS - 1,
+    "interval_s": 5,
+    "count": 4,
+    "sum_us": 640.5,
+    "max_us": 400.0,
+    "buckets": [[sketch.bucket_of(60.5), 1], [sketch.bucket_of(90.0), 2], [sketch.bucket_of(400.0), 1]],
+}
+
+
+def disk(**changes) -> bytes:
+    """DISK with ``changes`` applied (a value of ... removes the field), as a datagram."""
+    msg = dict(DISK)
     for key, value in changes.items():
         if value is ...:
             msg.pop(key, None)
@@ -126,6 +153,71 @@ REJECTED_CASES = [
     ("free_exceeds_total", dgram(ram_free_gb=32.5)),
     ("free_exceeds_total", dgram(disk_free_gb=600)),
     ("free_exceeds_total", dgram(ram_total_gb=0, ram_free_gb=0.1)),
+    # disk_latency
+    ("unknown_type", disk(type="disk")),
+    ("unknown_type", disk(type="Disk_Latency")),
+    *[("missing_field", disk(**{name: ...})) for name in
+      ("host", "device", "op", "ts", "interval_s", "count", "sum_us", "max_us", "buckets")],
+    ("missing_field", disk(count=None)),
+    ("bad_name", disk(host="")),
+    ("bad_name", disk(device="/dev/nvme0n1")),
+    ("bad_name", disk(device="nvme 0")),
+    ("bad_name", disk(device="d" * 129)),
+    ("wrong_type", disk(device=0)),
+    ("wrong_type", disk(op=1)),
+    ("wrong_type", disk(op=["read"])),
+    ("bad_choice", disk(op="READ")),
+    ("bad_choice", disk(op="discard")),
+    ("bad_choice", disk(op="")),
+    ("bad_choice", disk(source="ebpf")),
+    ("bad_choice", disk(source="Mock")),
+    ("wrong_type", disk(source=True)),
+    ("bad_timestamp", disk(ts="soon")),
+    ("bad_timestamp", disk(ts=RECV_TS + SKEW + 1)),
+    ("out_of_range", disk(interval_s=0)),
+    ("out_of_range", disk(interval_s=0.0)),
+    ("out_of_range", disk(interval_s=-5)),
+    ("out_of_range", disk(interval_s=3600.001)),
+    ("wrong_type", disk(interval_s="5")),
+    ("wrong_type", disk(count=4.0)),  # an integer, not a float
+    ("wrong_type", disk(count=True)),
+    ("wrong_type", disk(count="4")),
+    ("wrong_type", disk().replace(b'"count":4', b'"count":100000000000000000000')),  # beyond 64 bits: orjson gives a float
+    ("out_of_range", disk(count=-1)),
+    ("out_of_range", disk(count=schema.MAX_COUNT + 1)),
+    ("out_of_range", disk(sum_us=-0.5)),
+    ("out_of_range", disk(max_us=-1)),
+    ("wrong_type", disk(sum_us="640")),
+    ("wrong_type", disk(max_us=False)),
+    ("wrong_type", disk(mean_only=1)),
+    ("wrong_type", disk(mean_only="true")),
+    ("wrong_type", disk(buckets={"10": 1})),
+    ("wrong_type", disk(buckets=[[10, 1, 0]])),
+    ("wrong_type", disk(buckets=[[10]])),
+    ("wrong_type", disk(buckets=[10, 1])),
+    ("wrong_type", disk(buckets=[{"bucket": 10, "count": 1}])),
+    ("wrong_type", disk(buckets=[[10.0, 4]], count=4)),
+    ("wrong_type", disk(buckets=[[10, 4.0]], count=4)),
+    ("wrong_type", disk(buckets=[[True, 4]], count=4)),
+    ("wrong_type", disk(buckets=[["10", 4]], count=4)),
+    ("wrong_type", disk(buckets=[[10, None]], count=4)),
+    ("wrong_type", disk(buckets="[[10, 4]]")),
+    ("out_of_range", disk(buckets=[[-1, 4]], count=4)),
+    ("out_of_range", disk(buckets=[[sketch.MAX_BUCKET + 1, 4]], count=4)),
+    ("out_of_range", disk(buckets=[[10, 0], [11, 4]], count=4)),  # sparse: no empty buckets
+    ("out_of_range", disk(buckets=[[10, -1], [11, 5]], count=4)),
+    ("out_of_range", disk(buckets=[[10, schema.MAX_COUNT + 1]], count=4)),
+    ("unordered_buckets", disk(buckets=[[11, 2], [10, 2]], count=4)),
+    ("unordered_buckets", disk(buckets=[[10, 2], [10, 2]], count=4)),
+    ("unordered_buckets", disk(buckets=[[0, 1], [5, 1], [200, 1], [100, 1]], count=4)),
+    ("inconsistent_sketch", disk(count=5)),
+    ("inconsistent_sketch", disk(count=3)),
+    ("inconsistent_sketch", disk(buckets=[])),  # count 4 but no buckets, and not mean_only
+    ("inconsistent_sketch", disk(buckets=[], mean_only=False)),
+    ("inconsistent_sketch", disk(mean_only=True, count=5)),  # mean_only with buckets: they must still add up
+    ("inconsistent_sketch", disk(count=0, buckets=[], sum_us=1.0, max_us=0)),  # nothing measured, some latency
+    ("inconsistent_sketch", disk(count=0, buckets=[], sum_us=0, max_us=3.0)),
+    ("inconsistent_sketch", disk(max_us=700.0)),  # one latency larger than the sum of all
 ]
 
 
@@ -339,11 +431,173 @@ def test_minimal_landed_line_is_a_subset_of_the_schema():
     assert set(orjson.loads(line)) <= set(schema.duckdb_columns("health"))
 
 
-def test_field_table_is_consistent():
-    for f in schema.landed_fields("health"):
-        assert f.kind in {"name", "ts", "number", "net"}
+@pytest.mark.parametrize("msg_type", sorted(schema.MESSAGE_TYPES))
+def test_field_table_is_consistent(msg_type):
+    names = [f.name for f in schema.landed_fields(msg_type)]
+    assert len(names) == len(set(names))
+    for f in schema.landed_fields(msg_type):
+        assert f.kind in {"name", "ts", "number", "net", "choice", "int", "buckets", "bool"}
+        assert f.doc
+        assert bool(f.choices) == (f.kind == "choice")
         if f.minimum is not None and f.maximum is not None:
             assert f.minimum < f.maximum
     assert schema.MIN_TS == 946684800.0  # 2000-01-01T00:00:00Z
     for free, total in schema.CAPACITY_PAIRS:
         assert free in {f.name for f in schema.HEALTH_FIELDS} and total in {f.name for f in schema.HEALTH_FIELDS}
+
+
+# ---------------------------------------------------------------- disk_latency
+
+
+def test_disk_latency_message():
+    msg = parse(disk(source="bcc", mean_only=False))
+    assert msg == {**DISK, "source": "bcc", "mean_only": False}
+    assert isinstance(msg["ts"], float) and isinstance(msg["count"], int)
+    assert parse(disk()) == DISK  # source and mean_only are optional
+    assert parse(disk(source=None, mean_only=None)) == DISK
+
+
+def test_disk_latency_unknown_fields_dropped_and_health_fields_ignored():
+    msg = parse(disk(service="svc", cpu_pct=500, firmware="X1"))
+    assert msg == DISK
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"op": "write"},
+        *[{"source": source} for source in schema.LATENCY_SOURCES],
+        {"device": "vda"},
+        {"device": "loop0"},
+        {"device": "dm-0"},
+        {"device": "nvme0n1p2"},
+        {"interval_s": 0.001},
+        {"interval_s": 3600},  # at the limit
+        {"interval_s": 2.5},
+        {"ts": "2023-11-14T22:13:19Z"},
+        {"count": 0, "sum_us": 0, "max_us": 0, "buckets": []},  # an idle interval
+        {"count": 0, "sum_us": 0.0, "max_us": 0.0, "buckets": [], "mean_only": True},
+        {"count": 1200, "sum_us": 96000.0, "max_us": 80.0, "buckets": [], "mean_only": True, "source": "diskstats"},
+        {"count": 1200, "sum_us": 96000.0, "max_us": 0, "buckets": [], "mean_only": True},  # max unknown to diskstats
+        {"count": 1, "sum_us": 0.5, "max_us": 0.5, "buckets": [[0, 1]]},
+        {"count": 1, "sum_us": 2e9, "max_us": 2e9, "buckets": [[sketch.MAX_BUCKET, 1]]},  # beyond MAX_US: the last bucket
+        {"count": schema.MAX_COUNT, "sum_us": 1e18, "max_us": 1e3, "buckets": [[5, schema.MAX_COUNT - 1], [7, 1]]},
+        {"count": 4, "sum_us": 400.0, "max_us": 400.0, "buckets": [[sketch.bucket_of(400.0), 4]]},  # max == sum allowed
+        {"count": 1, "sum_us": 100.0, "max_us": 100.0000000001, "buckets": [[10, 1]]},  # float rounding of a sum
+        {"count": 520, "sum_us": 1e7, "max_us": 1e6, "buckets": [[b, 1] for b in range(sketch.MAX_BUCKET + 1)]},
+    ],
+)
+def test_disk_latency_accepted(changes):
+    msg = parse(disk(**changes))
+    for key, value in changes.items():
+        assert msg[key] == (value if key != "ts" else RECV_TS - 1)
+
+
+def test_interval_must_be_positive():
+    # cpu_pct's minimum 0 is inclusive; interval_s's 0 is not.
+    assert parse(dgram(cpu_pct=0))["cpu_pct"] == 0
+    assert reason_of(disk(interval_s=0)) == "out_of_range"
+    assert parse(disk(interval_s=5e-324))["interval_s"] == 5e-324  # the smallest positive double
+    assert schema.POSITIVE == 5e-324 and 0 < schema.POSITIVE
+
+
+def _latencies(values) -> LatencySketch:
+    s = LatencySketch()
+    for v in values:
+        s.add(v)
+    return s
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [1.0],
+        [80.0, 85.5, 90.25, 410.0, 77.125],
+        [float(v) for v in range(1, 3000, 7)],
+        [0.3, 1e12, 55.5],  # below 1 µs and beyond MAX_US: the first and last buckets
+    ],
+)
+def test_latency_sketch_round_trip(values):
+    latencies = _latencies(values)
+    message = schema.disk_latency_message("host-01", "nvme1n1", "write", RECV_TS, 5.0, latencies, source="libbpf")
+    msg = parse(schema.encode(message))
+    assert msg == message
+    again = LatencySketch.from_pairs(msg["buckets"], msg["sum_us"], msg["max_us"])
+    assert (again.buckets, again.count) == (latencies.buckets, latencies.count)
+    assert (again.sum_us, again.max_us) == (latencies.sum_us, latencies.max_us)
+    for q in (0.5, 0.95, 0.99):
+        assert sketch.quantile(msg["buckets"], q) == latencies.quantile(q)
+
+
+def test_disk_latency_message_builder():
+    latencies = _latencies([100.0, 200.0])
+    message = schema.disk_latency_message("h", "sda", "read", RECV_TS, 1, latencies)
+    assert "source" not in message and "mean_only" not in message
+    assert message["count"] == 2 and message["sum_us"] == 300.0 and message["max_us"] == 200.0
+    mean_only = LatencySketch()
+    mean_only.count, mean_only.sum_us, mean_only.max_us = 10, 1000.0, 0.0
+    message = schema.disk_latency_message("h", "sda", "read", RECV_TS, 1, mean_only, source="diskstats", mean_only=True)
+    assert parse(schema.encode(message)) == {**message, "buckets": []}
+
+
+def test_disk_latency_datagram_of_a_full_sketch_fits_the_default_limit():
+    """Every bucket in use, each with a huge count: still well below max_datagram_bytes (16384)."""
+    full = [[b, schema.MAX_COUNT // 1000] for b in range(sketch.MAX_BUCKET + 1)]
+    data = disk(buckets=full, count=sum(c for _, c in full), sum_us=1e18, max_us=1e9, source="libbpf", mean_only=False)
+    assert len(data) < 16384
+    assert parse(data)["buckets"] == full
+
+
+def _full_disk_landed_row() -> dict:
+    msg = parse(disk(source="bcc", mean_only=False))
+    return orjson.loads(schema.landed_line(msg, "c1-1-7", RECV_TS))
+
+
+def test_disk_latency_landed_line_matches_duckdb_columns():
+    row = _full_disk_landed_row()
+    assert set(row) == set(schema.duckdb_columns("disk_latency"))
+    assert list(schema.duckdb_columns("disk_latency")) == [f.name for f in schema.landed_fields("disk_latency")]
+    columns = schema.duckdb_columns("disk_latency")
+    assert columns["buckets"] == "BIGINT[][]" and columns["count"] == "BIGINT" and columns["mean_only"] == "BOOLEAN"
+
+
+def test_disk_latency_landed_lines_read_by_duckdb(tmp_path):
+    """DuckDB reads landed lines with the derived columns, the minimal line (no optional fields) too."""
+    duckdb = pytest.importorskip("duckdb")
+    path = tmp_path / "segment.jsonl"
+    minimal = parse(disk())
+    path.write_bytes(schema.landed_line(parse(disk(source="bcc", mean_only=True)), "c1-1-0", RECV_TS)
+                     + schema.landed_line(minimal, "c1-1-1", RECV_TS))
+    con = duckdb.connect()
+    rows = con.execute("SELECT id, type, device, op, count, sum_us, buckets, source, mean_only "
+                       "FROM read_json(?, columns = ?, format = 'newline_delimited') ORDER BY id",
+                       [str(path), schema.duckdb_columns("disk_latency")]).fetchall()
+    assert rows == [
+        ("c1-1-0", "disk_latency", "nvme0n1", "read", 4, 640.5, DISK["buckets"], "bcc", True),
+        ("c1-1-1", "disk_latency", "nvme0n1", "read", 4, 640.5, DISK["buckets"], None, None),
+    ]
+
+
+def test_disk_latency_spark_schema_matches_landed_line():
+    pytest.importorskip("pyspark")
+    from pyspark.sql import types as T
+
+    struct = schema.spark_schema("disk_latency")
+    assert set(struct.fieldNames()) == set(_full_disk_landed_row())
+    assert struct.fieldNames() == list(schema.duckdb_columns("disk_latency"))
+    assert struct["buckets"].dataType == T.ArrayType(T.ArrayType(T.LongType()))
+    assert struct["buckets"].dataType.simpleString() == "array<array<bigint>>"
+    assert struct["count"].dataType == T.LongType()
+    assert struct["mean_only"].dataType == T.BooleanType()
+    assert struct["op"].dataType == struct["source"].dataType == T.StringType()
+    assert struct["interval_s"].dataType == struct["sum_us"].dataType == struct["max_us"].dataType == T.DoubleType()
+
+
+def test_message_types():
+    assert set(schema.MESSAGE_TYPES) == {"health", "disk_latency"}
+    assert {f.name for f in schema.MESSAGE_TYPES["disk_latency"] if f.required} == {
+        "host", "device", "op", "ts", "interval_s", "count", "sum_us", "max_us", "buckets"}
+    assert {f.name for f in schema.MESSAGE_TYPES["disk_latency"] if not f.required} == {"source", "mean_only"}
+    assert schema.DISK_OPS == ("read", "write")
+    assert schema.LATENCY_SOURCES == ("bcc", "libbpf", "diskstats", "mock")

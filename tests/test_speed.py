@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 
 from healthmon.config import load_settings
-from healthmon.views import BATCH_VIEW, HEALTH_AGG_COLUMNS, REALTIME_VIEW, update_view
+from healthmon.views import BATCH_VIEW, HEALTH, HEALTH_AGG_COLUMNS, REALTIME_VIEW, update_view
 from speed_jobs.stream import apply_micro_batch
 
 
@@ -30,16 +30,16 @@ def realtime(settings) -> dict:
 def test_micro_batches_merge_and_a_replayed_batch_counts_once(tmp_path):
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
     first = window_rows([("a", 3600, 2, 10.0), ("b", 3600, 1, 5.0)])
-    assert not apply_micro_batch(settings, first, 0)["skipped"]
-    assert apply_micro_batch(settings, first, 0)["skipped"]  # Spark replays batch 0 after a crash
+    assert not apply_micro_batch(settings, [(HEALTH, first)], 0)["skipped"]
+    assert apply_micro_batch(settings, [(HEALTH, first)], 0)["skipped"]  # Spark replays batch 0 after a crash
     second = window_rows([("a", 3600, 3, 20.0), ("a", 3660, 1, 1.0)])
-    apply_micro_batch(settings, second, 1)
+    apply_micro_batch(settings, [(HEALTH, second)], 1)
     assert realtime(settings) == {("a", 3600): (5, 80.0), ("b", 3600): (1, 5.0), ("a", 3660): (1, 1.0)}
 
 
 def test_rows_below_the_horizon_are_dropped_and_expired(tmp_path):
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
-    apply_micro_batch(settings, window_rows([("a", 0, 1, 1.0), ("a", 3600, 1, 1.0)]), 0)
+    apply_micro_batch(settings, [(HEALTH, window_rows([("a", 0, 1, 1.0), ("a", 3600, 1, 1.0)]))], 0)
     update_view(settings.views_dir / BATCH_VIEW, lambda con: con.execute("INSERT INTO view_meta VALUES (3600, 0, 60, 'x', 0, 0)"))
-    apply_micro_batch(settings, window_rows([("a", 60, 1, 1.0), ("a", 3660, 1, 1.0)]), 1)
+    apply_micro_batch(settings, [(HEALTH, window_rows([("a", 60, 1, 1.0), ("a", 3660, 1, 1.0)]))], 1)
     assert realtime(settings) == {("a", 3600): (1, 1.0), ("a", 3660): (1, 1.0)}

@@ -1,0 +1,61 @@
+"""Is this drive getting worse?  Recent p99 against the drive's own past and against its peers.
+
+For each (host, device, op):
+
+- ``recent_p99``: p99 of the merged sketch over ``[now - disk_recent_s, now)``;
+- ``baseline_p99``: p99 over the ``disk_baseline_s`` before that (the drive's own history);
+- ``fleet_p99``: the median of the recent p99 of every *other* device with the same op.
+
+The degradation score is the larger of ``recent / baseline`` and
+``recent / fleet`` (whichever exist).  ``degraded`` from
+``disk_degraded_ratio``, ``warn`` from ``disk_warn_ratio``, else ``ok``; the
+reason says which comparison decided, in words.  A device with neither a
+baseline nor peers is ``ok`` with the reason "no baseline and no peers yet".
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from healthmon.config import Settings
+from healthmon.sketch import quantile
+
+Key = tuple[str, str, str]
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def judge(recent: dict[Key, list[tuple[int, int]]], baseline: dict[Key, list[tuple[int, int]]], settings: Settings) -> list[dict]:
+    """One verdict per device and op seen in the recent period, sorted by host, device, op."""
+    recent_p99 = {key: quantile(pairs, 0.99) for key, pairs in recent.items()}
+    recent_p99 = {key: p for key, p in recent_p99.items() if p is not None}
+    out = []
+    for key in sorted(recent_p99):
+        host, device, op = key
+        p99 = recent_p99[key]
+        base = quantile(baseline.get(key, []), 0.99)
+        peers = [p for other, p in recent_p99.items() if other != key and other[2] == op]
+        fleet = statistics.median(peers) if peers else None
+        ratios = {}
+        if base:
+            ratios["baseline"] = p99 / base
+        if fleet:
+            ratios["fleet"] = p99 / fleet
+        score = max(ratios.values()) if ratios else 0.0
+        status = "degraded" if score >= settings.disk_degraded_ratio else "warn" if score >= settings.disk_warn_ratio else "ok"
+        if not ratios:
+            reason = "no baseline and no peers yet"
+        else:
+            words = []
+            if "baseline" in ratios:
+                words.append(f"{ratios['baseline']:.1f}x its own baseline ({_ms(base)})")
+            if "fleet" in ratios:
+                words.append(f"{ratios['fleet']:.1f}x the fleet median ({_ms(fleet)} over {len(peers)} peers)")
+            reason = f"{op} p99 {_ms(p99)} is " + " and ".join(words)
+        out.append({
+            "host": host, "device": device, "op": op, "status": status, "score": round(score, 3), "reason": reason,
+            "recent_p99_us": p99, "baseline_p99_us": base, "fleet_p99_us": fleet,
+        })
+    return out

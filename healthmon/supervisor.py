@@ -1,7 +1,9 @@
 """``healthmon up``: every part of the pipeline on one machine, supervised by honcho.
 
 Each part runs as its own process (``healthmon collect | speed | schedule |
-serve`` and, with ``--mock``, ``healthmon mock``), with the settings of this
+serve | agent`` — the agent reports this machine's own health and disk
+latency — and, with ``--mock``, ``healthmon mock`` with mock services and
+six mock drives, the last of them degrading), with the settings of this
 command passed down as ``HEALTHMON_*`` variables.  Output is multiplexed with
 a prefix per process.  When one part exits, or on Ctrl-C/SIGTERM, honcho sends
 SIGTERM to every part (each closes and publishes what it holds) and kills what
@@ -42,9 +44,11 @@ def process_commands(mock: bool, mock_services: int) -> dict[str, list[str]]:
         "speed": [*base, "speed"],
         "scheduler": [*base, "schedule"],
         "api": [*base, "serve"],
+        "agent": [*base, "agent"],
     }
     if mock:
-        commands["mock"] = [*base, "mock", "--services", str(mock_services), "--rate", "1"]
+        commands["mock"] = [*base, "mock", "--services", str(mock_services), "--rate", "1", "--drives", "6",
+                            "--scenario", "degrading_drive"]
     return commands
 
 

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import socket
 import time
 
-import pyarrow as pa
+import pytest
 import requests
 
 from healthmon.config import load_settings
-from healthmon.views import DISK_LATENCY, DISK_LATENCY_BUCKET, REALTIME_VIEW, update_view
+from healthmon.schema import encode
+from healthmon.sketch import LatencySketch
+from healthmon.state import read_state
 from mock_services.drives import drive_messages, make_drives
 from serving.disk_health import judge
 from tests.procs import start_healthmon, stop_process, wait_until
 
 SEED = 3
-
-
-def view_rows(messages: list[dict]) -> tuple[pa.Table, pa.Table]:
-    """The real-time view rows of disk_latency messages, one message per window (as the speed layer would write them)."""
-    windows, buckets = [], []
-    for m in messages:
-        key = {"host": m["host"], "device": m["device"], "op": m["op"], "window_start": int(m["ts"] // 60 * 60)}
-        windows.append({**key, "messages": 1, "count": m["count"], "sum_us": m["sum_us"], "max_us": m["max_us"],
-                        "sketched_count": m["count"], "source": m["source"], "last_ts": m["ts"]})
-        buckets += [{**key, "bucket": b, "count": c} for b, c in m["buckets"]]
-    return (pa.Table.from_pylist(windows).select(list(DISK_LATENCY.columns)),
-            pa.Table.from_pylist(buckets).select(list(DISK_LATENCY_BUCKET.columns)))
 
 
 def fleet_history(now: float) -> list[dict]:
@@ -50,30 +42,50 @@ def test_judge_compares_with_own_baseline_and_fleet():
     assert lone[0]["status"] == "ok" and lone[0]["reason"] == "no baseline and no peers yet"
 
 
-def test_api_flags_the_degrading_drive_only(tmp_path, free_tcp_port):
+@pytest.mark.slow
+@pytest.mark.spark
+def test_end_to_end_the_degrading_mock_drive_is_flagged_and_the_others_are_ok(tmp_path, free_udp_port, free_tcp_port):
+    """Two hours of mock drive history over real UDP, through the collector and the Spark speed job, judged by the API."""
     now = time.time()
-    windows, buckets = view_rows(fleet_history(now))
-
-    def fill(con):
-        for spec, table in ((DISK_LATENCY, windows), (DISK_LATENCY_BUCKET, buckets)):
-            con.register("rows", table)
-            con.execute(f"INSERT INTO {spec.table()} SELECT * FROM rows")
-            con.unregister("rows")
-
-    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
-    update_view(settings.views_dir / REALTIME_VIEW, fill)
-    proc = start_healthmon(["serve"], {"HEALTHMON_DATA_DIR": str(tmp_path), "HEALTHMON_API_PORT": str(free_tcp_port)})
+    messages = fleet_history(now)
+    env = {"HEALTHMON_DATA_DIR": str(tmp_path / "var"), "HEALTHMON_UDP_PORT": str(free_udp_port),
+           "HEALTHMON_API_PORT": str(free_tcp_port), "HEALTHMON_SEGMENT_MAX_SECONDS": "0.2"}
     api = f"http://127.0.0.1:{free_tcp_port}"
+    procs = [start_healthmon([part], env) for part in ("collect", "speed", "serve")]
     try:
         wait_until(lambda: requests.get(f"{api}/healthz", timeout=1).ok, 30, "API up")
+        wait_until(lambda: (read_state(tmp_path / "var" / "state", "speed") or {}).get("state") == "streaming", 120, "speed job")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for i, message in enumerate(messages):
+                sock.sendto(encode(message), ("127.0.0.1", free_udp_port))
+                if i % 100 == 0:
+                    time.sleep(0.01)
+        io_count = sum(m["count"] for m in messages)
+        wait_until(lambda: sum(d["count"] for d in requests.get(f"{api}/api/v1/disks", timeout=5).json()["disks"]) == io_count,
+                   120, "every interval in the merged view")
         devices = requests.get(f"{api}/api/v1/disks/health", timeout=10).json()["devices"]
-        listed = requests.get(f"{api}/api/v1/disks", timeout=10).json()["disks"]
+        # Percentiles of the whole recent period equal those of the merged sketches that were sent.
+        recent_from = int((now - 900) // 60 * 60)
+        host, device = "host-00", "nvme0n1"
+        answer = requests.get(f"{api}/api/v1/disks/{host}/{device}/latency",
+                              params={"from": recent_from, "to": now, "step": "1h", "op": "read"}, timeout=10).json()
     finally:
-        assert stop_process(proc) == 0
-    assert len(listed) == 6 and {d["source"] for d in listed} == {"mock"}
+        for proc in procs:
+            assert stop_process(proc) == 0
     status = {(d["host"], d["device"], d["op"]): d["status"] for d in devices}
     assert len(status) == 12
     degrading = ("host-02", "nvme1n1")
-    for (host, device, op), verdict in status.items():
-        expected = "degraded" if (host, device) == degrading else "ok"
-        assert verdict == expected, (host, device, op, [d["reason"] for d in devices if d["device"] == device and d["host"] == host])
+    for (host_, device_, op), verdict in status.items():
+        expected = "degraded" if (host_, device_) == degrading else "ok"
+        assert verdict == expected, (host_, device_, op, [d["reason"] for d in devices if (d["host"], d["device"]) == (host_, device_)])
+    hi = math.ceil(now)
+    for point in answer["points"]:
+        merged = LatencySketch()
+        for m in messages:
+            window = m["ts"] // 60 * 60
+            if (m["host"], m["device"], m["op"]) == (host, device, "read") and recent_from <= window < hi and \
+                    point["ts"] <= window < point["ts"] + 3600:
+                merged.merge(LatencySketch.from_pairs(m["buckets"], m["sum_us"], m["max_us"]))
+        assert point["count"] == merged.count
+        assert point["p50_us"] == merged.quantile(0.5) and point["p99_us"] == merged.quantile(0.99)
+    assert sum(p["count"] for p in answer["points"]) > 0

@@ -78,15 +78,15 @@ def make_latency_messages(horizon: int, seed: int = 11) -> list[dict]:
     return messages
 
 
-def assert_latency_matches(api: str, messages: list[dict], start: int, end: int) -> None:
-    """Count, mean, max and p50/p95/p99 per minute equal those of the merged sketches that were sent."""
+def assert_latency_matches(api: str, messages: list[dict], start: int, end: int, step: int = 60) -> None:
+    """Count, mean, max and p50/p95/p99 per step equal those of the merged sketches that were sent."""
     for host, device in DEVICES:
         for op in ("read", "write"):
             answer = requests.get(f"{api}/api/v1/disks/{host}/{device}/latency",
-                                  params={"from": start, "to": end, "step": "60s", "op": op}, timeout=10).json()
+                                  params={"from": start, "to": end, "step": step, "op": op}, timeout=10).json()
             for point in answer["points"]:
                 sent = [m for m in messages if m["host"] == host and m["device"] == device and m["op"] == op
-                        and point["ts"] <= m["ts"] // 60 * 60 < point["ts"] + 60 and start <= m["ts"] < end]
+                        and point["ts"] <= m["ts"] // 60 * 60 < point["ts"] + step and start <= m["ts"] < end]
                 merged = LatencySketch()
                 for m in sent:
                     merged.merge(LatencySketch.from_pairs(m["buckets"], m["sum_us"], m["max_us"]))
@@ -244,6 +244,7 @@ def check_pipeline(tmp_path, extra_env: dict[str, str]) -> None:
         assert_matches(api, messages, horizon - 180, horizon + 180)
         assert_matches(api, messages, start, end)
         assert_latency_matches(api, latency, horizon - 180, horizon + 180)
+        assert_latency_matches(api, latency, horizon - 3600, horizon + 3600, step=3600)  # batch hour rollups below the horizon
     finally:
         for proc in procs:
             stop_process(proc)

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from healthmon.sketch import GAMMA, MAX_BUCKET, LatencySketch
@@ -68,7 +69,7 @@ class SourceUnavailable(RuntimeError):
     """A source cannot run here; the message says why."""
 
 
-class LatencySource:
+class LatencySource(ABC):
     """One way of measuring block latency.  ``available()`` is cheap; ``start()`` may still fail."""
 
     name = "base"
@@ -80,16 +81,18 @@ class LatencySource:
     def wanted(self, device: str) -> bool:
         return self.devices is None or device in self.devices
 
+    @abstractmethod
     def available(self) -> tuple[bool, str]:
-        raise NotImplementedError
+        """(usable here?, why / what it measures)."""
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - an optional hook: sources that need no set-up keep it
         """Start measuring; raise SourceUnavailable with the reason when it cannot."""
 
+    @abstractmethod
     def collect(self) -> dict[tuple[str, str], LatencySketch | MeanLatency]:
-        raise NotImplementedError
+        """What was measured since the last call, by (device, op)."""
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 - an optional hook, like start()
         """Release what start() took; safe to call more than once."""
 
 

@@ -88,6 +88,14 @@ def _num(value):
     return value if math.isfinite(value) else None
 
 
+def range_fields(frm: float, to: float, step: int, horizon: int) -> dict:
+    """The range part of a series answer: step, from/to (ISO and epoch) and the horizon."""
+    return {
+        "step": STEP_LABELS[step], "step_s": step, "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
+        "horizon": iso(horizon) if horizon else None,
+    }
+
+
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Flask:
     """The API's Flask app over ``settings.views_dir`` and ``settings.state_dir``; ``clock`` gives "now"."""
     app = Flask("serving")
@@ -167,10 +175,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
                     point[m] = {"avg": _avg(r[f"{m}_sum"], count), "min": _num(r[f"{m}_min"]), "max": _num(r[f"{m}_max"])}
             points.append(point)
         return {
-            "service": name, "step": STEP_LABELS[step], "step_s": step,
-            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
-            "horizon": iso(horizon) if horizon else None,
-            "points": points,
+            "service": name, **range_fields(frm, to, step, horizon), "points": points,
         }
 
     @app.get(f"{API}/pipeline")
@@ -273,10 +278,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
                 point[name] = sketch.quantile(pairs, q)
             points.append(point)
         return {
-            "host": host, "device": device, "op": op or "all", "step": STEP_LABELS[step], "step_s": step,
-            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
-            "horizon": iso(horizon) if horizon else None,
-            "points": points,
+            "host": host, "device": device, "op": op or "all", **range_fields(frm, to, step, horizon), "points": points,
         }
 
     @app.get("/healthz")

@@ -46,7 +46,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def static_info() -> dict:
-    """What does not change while the agent runs: logged at start and every hour."""
+    """What does not change while the agent runs: logged and sent (``host_info``) at start and every hour."""
     return {
         "hostname": socket.gethostname(),
         "cpu_count": psutil.cpu_count(logical=True),
@@ -120,3 +120,12 @@ class HostHealth:
         disk = psutil.disk_usage(self.disk_path)
         return health_message(self.host, time.time() if ts is None else ts, psutil.cpu_percent(interval=None),
                               mem.total, mem.available, disk.total, disk.free, net)
+
+
+def host_info_message(info: dict, ts: float) -> dict:
+    """The ``host_info`` message of ``static_info()``."""
+    return {
+        "type": "host_info", "host": clean_name(info["hostname"]), "ts": ts, "cpu_count": info["cpu_count"],
+        "cpu_cores": info["cpu_cores"], "cpu_model": info["cpu_model"][:256], "ram_total_gb": info["ram_total_gb"],
+        "kernel": info["kernel"][:256], "os": info["os"][:256],
+    }

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from agent.health import HostHealth, clean_name, static_info
+from agent.health import HostHealth, clean_name, host_info_message, static_info
 from agent.latency import LatencySource, MeanLatency, choose_source, make_sources
 from healthmon.config import Settings
 from healthmon.schema import encode
@@ -132,6 +132,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     sender = Sender(host, port)
     agent = Agent(sender, source, health)
+    sender.send(encode(host_info_message(info, time.time())))
     next_info = time.monotonic() + STATIC_INFO_EVERY_S
     next_tick = time.monotonic() + args.interval
     try:
@@ -142,7 +143,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             agent.tick()
             if time.monotonic() >= next_info:
                 next_info += STATIC_INFO_EVERY_S
-                log.info("agent: host info %s", static_info())
+                info = static_info()
+                log.info("agent: host info %s", info)
+                sender.send(encode(host_info_message(info, time.time())))
     finally:
         if source is not None:
             source.stop()

@@ -1,9 +1,10 @@
 """Retention: delete landed raw and master hours older than the configured days.
 
-Run by the scheduler every ``retention_interval_s``.  A raw hour is deleted
-only once the batch view has built it (it is below the horizon and recorded in
-``view_inputs``), so retention never removes data that no view has counted;
-master hours are deleted by age alone.  The views keep their windows (their
+Run by the scheduler every ``retention_interval_s``.  A raw hour of a type
+that views aggregate is deleted only once the batch view has built it (it is
+below the horizon and recorded in ``view_inputs``), so retention never
+removes data that no view has counted; raw hours of other types (host_info)
+and master hours are deleted by age alone.  The views keep their windows (their
 own retention comes with downsampling).
 """
 
@@ -17,7 +18,7 @@ import duckdb
 from healthmon.config import Settings
 from healthmon.landing import LandingStore, hour_of_partition, master_dir, raw_dir
 from healthmon.schema import MESSAGE_TYPES
-from healthmon.views import BATCH_VIEW
+from healthmon.views import BATCH_VIEW, VIEWED_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def apply_retention(settings: Settings, store: LandingStore, now: float | None =
         for hour, directory in sorted(hour_dirs(store, raw_dir(msg_type)).items()):
             if hour + 3600 > raw_cutoff:
                 continue
-            if hour >= horizon or hour not in built:
+            if msg_type in VIEWED_TYPES and (hour >= horizon or hour not in built):
                 deleted["raw_kept_unbuilt"] += 1
                 continue
             store.delete(directory)

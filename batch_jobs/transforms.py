@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from healthmon.schema import HEALTH_METRICS
-from healthmon.views import DISK_LATENCY, DISK_LATENCY_BUCKET, HEALTH, HEALTH_COLUMNS, AggTable
+from healthmon.views import DISK_LATENCY, DISK_LATENCY_BUCKET, HEALTH, HEALTH_COLUMNS, VIEWED_TYPES, AggTable
 
 
 def _used_pct(free: str, total: str) -> Column:
@@ -105,6 +105,9 @@ VIEW_TRANSFORMS: dict[str, tuple[tuple[AggTable, object], ...]] = {
     "health": ((HEALTH, health_windows),),
     "disk_latency": ((DISK_LATENCY, disk_latency_windows), (DISK_LATENCY_BUCKET, disk_latency_buckets)),
 }
+
+
+assert tuple(VIEW_TRANSFORMS) == VIEWED_TYPES
 
 
 def required_columns(msg_type: str) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ import orjson
 
 from healthmon import sketch
 
+MAX_TEXT = 256  # longest free-text field (host_info)
 MIN_TS = 946684800.0  # 2000-01-01T00:00:00Z: older timestamps are rejected
 NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 IFACE_RE = re.compile(r"[A-Za-z0-9._:@-]{1,64}\Z")
@@ -66,6 +67,7 @@ REASONS: dict[str, str] = {
     "unordered_buckets": "sketch buckets are not strictly increasing (a bucket is repeated or out of order)",
     "inconsistent_sketch": "bucket counts do not add up to count (empty buckets allowed only with mean_only), "
                            "or count/sum_us/max_us contradict each other",
+    "bad_text": "a free-text field (host_info) is longer than 256 characters or holds control characters",
     "internal_error": "the validator itself failed (a bug): the datagram is kept for inspection",
 }
 
@@ -75,7 +77,7 @@ class Field:
     """One field of a message type: name, kind and allowed range."""
 
     name: str
-    kind: str  # "name" | "ts" | "number" | "net" | "choice" | "int" | "buckets" | "bool"
+    kind: str  # "name" | "text" | "ts" | "number" | "net" | "choice" | "int" | "buckets" | "bool"
     required: bool = True
     minimum: float | None = None
     maximum: float | None = None
@@ -124,7 +126,21 @@ DISK_LATENCY_FIELDS: tuple[Field, ...] = (
     Field("mean_only", "bool", required=False, doc="true: only the mean is known (diskstats); buckets may then be empty"),
 )
 
-MESSAGE_TYPES: dict[str, tuple[Field, ...]] = {"health": HEALTH_FIELDS, "disk_latency": DISK_LATENCY_FIELDS}
+# Static facts about a host, sent by the agent at start and every hour (landed; no view aggregates them).
+HOST_INFO_FIELDS: tuple[Field, ...] = (
+    Field("host", "name", doc="host name"),
+    Field("ts", "ts", doc="when the agent read these facts"),
+    Field("cpu_count", "int", minimum=1, maximum=1 << 20, doc="logical CPUs"),
+    Field("cpu_cores", "int", required=False, minimum=1, maximum=1 << 20, doc="physical cores"),
+    Field("cpu_model", "text", required=False, doc="CPU model name"),
+    Field("ram_total_gb", "number", minimum=0, doc="memory size, GB"),
+    Field("kernel", "text", doc="kernel release"),
+    Field("os", "text", required=False, doc="operating system description"),
+)
+
+MESSAGE_TYPES: dict[str, tuple[Field, ...]] = {
+    "health": HEALTH_FIELDS, "disk_latency": DISK_LATENCY_FIELDS, "host_info": HOST_INFO_FIELDS,
+}
 
 # (free, total) pairs checked together.
 CAPACITY_PAIRS = (("ram_free_gb", "ram_total_gb"), ("disk_free_gb", "disk_total_gb"))
@@ -218,6 +234,12 @@ def _validate(fields: tuple[Field, ...], obj: dict, recv_ts: float, max_skew_s: 
                 raise Rejected("wrong_type", f"{f.name} must be an integer")
             if (f.minimum is not None and value < f.minimum) or (f.maximum is not None and value > f.maximum):
                 raise Rejected("out_of_range", f"{f.name}={value}")
+            out[f.name] = value
+        elif f.kind == "text":
+            if not isinstance(value, str):
+                raise Rejected("wrong_type", f"{f.name} must be a string")
+            if len(value) > MAX_TEXT or not value.isprintable():
+                raise Rejected("bad_text", f"{f.name}: {len(value)} chars")
             out[f.name] = value
         elif f.kind == "bool":
             if not isinstance(value, bool):
@@ -319,14 +341,15 @@ def parse_message(data: bytes, recv_ts: float, max_skew_s: float = 3600.0) -> di
         for free, total in CAPACITY_PAIRS:
             if out[free] > out[total]:
                 raise Rejected("free_exceeds_total", f"{free}={out[free]} > {total}={out[total]}")
-    else:
+    elif msg_type == "disk_latency":
         _check_disk_latency(out)
     return {"type": msg_type, **out}
 
 
 # ---------------------------------------------------------------- derived schemas
 
-_DUCKDB_KIND = {"name": "VARCHAR", "ts": "DOUBLE", "number": "DOUBLE", "choice": "VARCHAR", "int": "BIGINT", "bool": "BOOLEAN",
+_DUCKDB_KIND = {"text": "VARCHAR",
+                "name": "VARCHAR", "ts": "DOUBLE", "number": "DOUBLE", "choice": "VARCHAR", "int": "BIGINT", "bool": "BOOLEAN",
                 "buckets": "BIGINT[][]", "net": "MAP(VARCHAR, STRUCT(rx_bps DOUBLE, tx_bps DOUBLE))"}
 
 
@@ -345,7 +368,7 @@ def spark_schema(msg_type: str):
             return T.MapType(T.StringType(), rates)
         if f.kind == "buckets":
             return T.ArrayType(T.ArrayType(T.LongType()))
-        simple = {"name": T.StringType, "choice": T.StringType, "ts": T.DoubleType, "number": T.DoubleType,
+        simple = {"name": T.StringType, "text": T.StringType, "choice": T.StringType, "ts": T.DoubleType, "number": T.DoubleType,
                   "int": T.LongType, "bool": T.BooleanType}
         return simple[f.kind]()
 

@@ -133,6 +133,7 @@ DISK_LATENCY_BUCKET = AggTable(
     aggs=(("count", "BIGINT", "sum"),),
 )
 AGG_TABLES = (HEALTH, DISK_LATENCY, DISK_LATENCY_BUCKET)
+VIEWED_TYPES = ("health", "disk_latency")  # message types that views aggregate (host_info is only landed)
 
 # The health family by its columns (used widely).
 HEALTH_AGG_COLUMNS: tuple[tuple[str, str], ...] = tuple((a, t) for a, t, _ in HEALTH.aggs)

@@ -386,6 +386,8 @@ def test_cli_agent_sends_valid_datagrams(tmp_path):
     assert rc == 0, log_text
     types = [m["type"] for m in messages]
     assert types.count("health") >= 2, (types, log_text)
+    (info,) = [m for m in messages if m["type"] == "host_info"]  # sent at start (and hourly)
+    assert info["cpu_count"] == os.cpu_count() and info["kernel"] == os.uname().release
     latency = [m for m in messages if m["type"] == "disk_latency"]
     assert latency and all(m["count"] > 0 and m["op"] in ("read", "write") for m in latency), log_text
     assert "using latency source" in log_text and "stopped; sent" in log_text

@@ -58,3 +58,10 @@ def test_every_setting_is_documented_in_the_readme():
     for name, env, _default, _help in settings_table():
         assert f"`{name}`" in text and env in text, name
     assert len(settings_table()) == len(Settings.__dataclass_fields__)
+
+
+def test_every_rejection_reason_is_documented_in_the_readme():
+    from healthmon.schema import REASONS
+
+    text = README.read_text()
+    assert [reason for reason in REASONS if f"| `{reason}` |" not in text] == []

@@ -150,6 +150,7 @@ REJECTED_CASES = [
     ("bad_timestamp", dgram(ts=RECV_TS + SKEW + 1)),  # too far in the future
     ("bad_timestamp", dgram(ts=1e300)),
     ("bad_timestamp", dgram(ts=-1)),
+    ("bad_text", schema.encode({"type": "host_info", "host": "h", "ts": RECV_TS, "cpu_count": 1, "ram_total_gb": 1, "kernel": "k\x07"})),
     ("free_exceeds_total", dgram(ram_free_gb=32.5)),
     ("free_exceeds_total", dgram(disk_free_gb=600)),
     ("free_exceeds_total", dgram(ram_total_gb=0, ram_free_gb=0.1)),
@@ -436,7 +437,7 @@ def test_field_table_is_consistent(msg_type):
     names = [f.name for f in schema.landed_fields(msg_type)]
     assert len(names) == len(set(names))
     for f in schema.landed_fields(msg_type):
-        assert f.kind in {"name", "ts", "number", "net", "choice", "int", "buckets", "bool"}
+        assert f.kind in {"name", "text", "ts", "number", "net", "choice", "int", "buckets", "bool"}
         assert f.doc
         assert bool(f.choices) == (f.kind == "choice")
         if f.minimum is not None and f.maximum is not None:
@@ -595,9 +596,19 @@ def test_disk_latency_spark_schema_matches_landed_line():
 
 
 def test_message_types():
-    assert set(schema.MESSAGE_TYPES) == {"health", "disk_latency"}
+    assert set(schema.MESSAGE_TYPES) == {"health", "disk_latency", "host_info"}
     assert {f.name for f in schema.MESSAGE_TYPES["disk_latency"] if f.required} == {
         "host", "device", "op", "ts", "interval_s", "count", "sum_us", "max_us", "buckets"}
     assert {f.name for f in schema.MESSAGE_TYPES["disk_latency"] if not f.required} == {"source", "mean_only"}
     assert schema.DISK_OPS == ("read", "write")
     assert schema.LATENCY_SOURCES == ("bcc", "libbpf", "diskstats", "mock")
+
+
+def test_host_info_message():
+    info = {"type": "host_info", "host": "h1", "ts": RECV_TS - 1, "cpu_count": 8, "cpu_cores": 4,
+            "cpu_model": "AMD EPYC 7B13 @ 2.4GHz (with spaces, punctuation; etc.)", "ram_total_gb": 31.3, "kernel": "6.1.0-18-amd64"}
+    assert parse_message(schema.encode(info), RECV_TS) == info
+    assert reason_of(schema.encode({**info, "kernel": "x" * 257})) == "bad_text"
+    assert reason_of(schema.encode({**info, "cpu_model": "tab\there"})) == "bad_text"
+    assert reason_of(schema.encode({**info, "cpu_count": 0})) == "out_of_range"
+    assert reason_of(schema.encode({k: v for k, v in info.items() if k != "kernel"})) == "missing_field"

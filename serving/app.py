@@ -45,8 +45,9 @@ import time
 from collections.abc import Callable
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from healthmon import sketch
 from healthmon.config import Settings
@@ -56,6 +57,7 @@ from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
 from serving import queries
 from serving.disk_health import judge
 from serving.errors import bad_parameter, not_found, register_error_handlers
+from serving.metrics import make_registry
 from serving.params import STEP_LABELS, check_known, choose_step, iso, parse_range, parse_service
 
 API = "/api/v1"
@@ -107,6 +109,25 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
 
     def connection():
         return reader.connection()
+
+    registry, request_latency = make_registry(settings, connection, clock)
+
+    @app.before_request
+    def start_timer():
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def observe_latency(response: Response) -> Response:
+        started = g.get("request_started")
+        if started is not None:
+            endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            request_latency.labels(endpoint, str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def metrics():
+        """The pipeline's metrics in the Prometheus text exposition format."""
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     def range_args(extra: tuple[str, ...]) -> tuple[float, float, int, int]:
         check_known(request.args, ("from", "to", *extra))

@@ -1,0 +1,58 @@
+"""``/metrics``: the pipeline's state in Prometheus text format, scraped from a real server."""
+
+from __future__ import annotations
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from healthmon.config import load_settings
+from healthmon.state import append_run, write_state
+from healthmon.views import BATCH_VIEW, REALTIME_VIEW, update_view
+from tests.procs import start_healthmon, stop_process, wait_until
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_expose_the_pipeline_state(tmp_path, free_tcp_port):
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    counters = {"collector_id": "c7", "received": 10, "accepted": 7, "rejected": 3, "rejected_by_reason": {"not_json": 2, "oversized": 1},
+                "landed_messages": 6, "deadletter_messages": 3, "spooled_segments": 2, "shipped_segments": 1, "pending_segments": 1,
+                "spool_segments": 1}
+    write_state(settings.state_dir, "collector-c7", counters)
+    append_run(settings.state_dir, {"status": "ok", "duration_s": 2.5})
+    append_run(settings.state_dir, {"status": "error", "duration_s": 0.75})
+    update_view(settings.views_dir / BATCH_VIEW, lambda con: con.execute("INSERT INTO view_meta VALUES (7200, 0, 60, 'b', 0, 0)"))
+    progress = "INSERT INTO speed_progress VALUES ('health', 3, 1.0, 5, 2.0, 7200)"
+    update_view(settings.views_dir / REALTIME_VIEW, lambda con: con.execute(progress))
+    proc = start_healthmon(["serve"], {"HEALTHMON_DATA_DIR": str(tmp_path), "HEALTHMON_API_PORT": str(free_tcp_port)})
+    api = f"http://127.0.0.1:{free_tcp_port}"
+    try:
+        wait_until(lambda: requests.get(f"{api}/healthz", timeout=1).ok, 30, "API up")
+        requests.get(f"{api}/api/v1/summary", params={"from": "bad"}, timeout=5)
+        answer = requests.get(f"{api}/metrics", timeout=5)
+    finally:
+        assert stop_process(proc) == 0
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    got = samples(answer.text)
+    collector = (("collector", "c7"),)
+    assert got[("healthmon_collector_received_total", collector)] == 10
+    assert got[("healthmon_collector_accepted_total", collector)] == 7
+    assert got[("healthmon_collector_rejected_total", (("collector", "c7"), ("reason", "not_json")))] == 2
+    assert got[("healthmon_collector_rejected_total", (("collector", "c7"), ("reason", "oversized")))] == 1
+    assert got[("healthmon_collector_spooled_segments_total", collector)] == 2
+    assert got[("healthmon_collector_pending_segments", collector)] == 1
+    assert got[("healthmon_batch_builds_total", (("status", "ok"),))] == 1
+    assert got[("healthmon_batch_builds_total", (("status", "error"),))] == 1
+    assert got[("healthmon_batch_last_build_duration_seconds", ())] == 0.75
+    assert got[("healthmon_batch_horizon_timestamp_seconds", ())] == 7200
+    assert got[("healthmon_speed_lag_seconds", ())] > 1e9  # committed at epoch 1.0: long ago
+    assert got[("healthmon_view_rows", (("table", "view_meta"), ("view", "batch")))] == 1
+    assert got[("healthmon_view_rows", (("table", "speed_progress"), ("view", "realtime")))] == 1
+    assert got[("healthmon_api_request_duration_seconds_count", (("endpoint", "/api/v1/summary"), ("status", "400")))] == 1
+    assert got[("healthmon_api_request_duration_seconds_count", (("endpoint", "/healthz"), ("status", "200")))] >= 1

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from batch_jobs.transforms import VIEW_TRANSFORMS
+from batch_jobs.transforms import VIEW_TRANSFORMS, dedupe_messages, with_hour_partition
 from healthmon.config import Settings
 from healthmon.landing import (
     HOUR_S,
@@ -100,8 +100,6 @@ def _hour_list_sql(hours: list[int]) -> str:
 
 def rebuild_hours(spark, store: LandingStore, con, chunk: list[HourInput], window_s: int) -> int:
     """Compact ``chunk``'s raw hours (one message type) into master and replace their view rows in ``con``; rows written."""
-    from batch_jobs.transforms import VIEW_TRANSFORMS, dedupe_messages, with_hour_partition
-
     msg_type = chunk[0].msg_type
     paths = [store.uri(f.path) for h in chunk for f in h.files]
     # FAILFAST: raw lines come only from the collector, so a malformed one is damage to report, not to skip.

@@ -18,7 +18,7 @@ import duckdb
 from healthmon.config import Settings
 from healthmon.landing import LandingStore, hour_of_partition, master_dir, raw_dir
 from healthmon.schema import MESSAGE_TYPES
-from healthmon.views import BATCH_VIEW, VIEWED_TYPES
+from healthmon.views import BATCH_VIEW, VIEWED_TYPES, read_horizon
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,11 @@ def built_hours(settings: Settings, msg_type: str) -> tuple[int, set[int]]:
         return 0, set()
     con = duckdb.connect(str(view), read_only=True)
     try:
-        (horizon,) = con.execute("SELECT coalesce(max(horizon), 0) FROM view_meta").fetchone()
+        horizon = read_horizon(con)
         hours = {h for (h,) in con.execute("SELECT hour_start FROM view_inputs WHERE msg_type = ?", [msg_type]).fetchall()}
     finally:
         con.close()
-    return int(horizon), hours
+    return horizon, hours
 
 
 def apply_retention(settings: Settings, store: LandingStore, now: float | None = None) -> dict:

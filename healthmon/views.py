@@ -138,17 +138,6 @@ VIEWED_TYPES = ("health", "disk_latency")  # message types that views aggregate 
 # The health family by its columns (used widely).
 HEALTH_AGG_COLUMNS: tuple[tuple[str, str], ...] = tuple((a, t) for a, t, _ in HEALTH.aggs)
 HEALTH_COLUMNS = HEALTH.columns
-HEALTH_TABLES = tuple(HEALTH.table(g) for g in GRAINS)
-
-
-def merge_select(prefix: str = "", spec: AggTable = HEALTH) -> str:
-    """SQL select-list that merges rows of ``spec``'s aggregates (use with GROUP BY)."""
-    return spec.merge_select(prefix)
-
-
-def upsert_sql(table: str, source: str, spec: AggTable = HEALTH) -> str:
-    """INSERT ... ON CONFLICT that adds the partial aggregates of ``source`` into ``table``."""
-    return spec.upsert_sql(table, source)
 
 
 def create_schema(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> None:

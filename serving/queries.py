@@ -21,7 +21,7 @@ exactly the windows of their day/hour when the day/hour lies below ``H``) and
 minute windows for the partial hours at the edges.  A 7-day query so reads
 about 170 rows per service instead of 10,080.
 
-Aggregates merge as ``healthmon.views.merge_select`` does: count and sum add,
+Aggregates merge as ``healthmon.views.AggTable.merge_select`` does: count and sum add,
 min and max take the extreme; averages are ``sum / count``, computed by the
 caller.
 """
@@ -122,7 +122,7 @@ def _union(segments: list[Segment], columns: str, service: str | None, **filters
 
 
 def _merge_list(aggs: tuple[str, ...]) -> str:
-    """Merged aggregates (cf. ``healthmon.views.merge_select``), only those asked for."""
+    """Merged aggregates (cf. ``healthmon.views.AggTable.merge_select``), only those asked for."""
     merge = {"sum": "sum", "min": "min", "max": "max"}
     parts = ["sum(count)::BIGINT AS count"]
     for m in HEALTH_METRICS:

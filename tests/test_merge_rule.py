@@ -21,7 +21,7 @@ import pytest
 
 from healthmon.config import load_settings
 from healthmon.schema import HEALTH_METRICS
-from healthmon.views import BATCH_VIEW, HEALTH_COLUMNS, REALTIME_VIEW, merge_select, update_view
+from healthmon.views import BATCH_VIEW, HEALTH, HEALTH_COLUMNS, REALTIME_VIEW, update_view
 from serving import queries
 from serving.app import create_app
 from serving.params import iso
@@ -121,7 +121,7 @@ def rollup(con, table: str, unit: int, below: int) -> None:
     agg_cols = [c for c in HEALTH_COLUMNS if c not in ("service", "window_start")]
     con.execute(
         f"INSERT INTO {table} (service, window_start, {', '.join(agg_cols)}) "
-        f"SELECT service, window_start // {unit} * {unit} AS ws, {merge_select()} FROM health_window "
+        f"SELECT service, window_start // {unit} * {unit} AS ws, {HEALTH.merge_select()} FROM health_window "
         f"WHERE window_start < {below} GROUP BY service, ws"
     )
 

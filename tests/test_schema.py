@@ -29,15 +29,15 @@ SEED003 = (
 )
 
 
+def changed(base: dict, changes: dict) -> bytes:
+    """``base`` with ``changes`` applied (a value of ... removes the field), as a datagram."""
+    msg = {**base, **changes}
+    return orjson.dumps({k: v for k, v in msg.items() if v is not ...})
+
+
 def dgram(**changes) -> bytes:
-    """GOOD with ``changes`` applied (a value of ... removes the field), as a datagram."""
-    msg = dict(GOOD)
-    for key, value in changes.items():
-        if value is ...:
-            msg.pop(key, None)
-        else:
-            msg[key] = value
-    return orjson.dumps(msg)
+    """GOOD with ``changes`` applied, as a datagram."""
+    return changed(GOOD, changes)
 
 
 # A disk_latency message: 4 reads in 5 s, one sketch bucket per distinct latency.
@@ -56,14 +56,8 @@ DISK = {
 
 
 def disk(**changes) -> bytes:
-    """DISK with ``changes`` applied (a value of ... removes the field), as a datagram."""
-    msg = dict(DISK)
-    for key, value in changes.items():
-        if value is ...:
-            msg.pop(key, None)
-        else:
-            msg[key] = value
-    return orjson.dumps(msg)
+    """DISK with ``changes`` applied, as a datagram."""
+    return changed(DISK, changes)
 
 
 def parse(data: bytes, recv_ts: float = RECV_TS, skew: float = SKEW) -> dict:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml hadoop/pom.xml scripts/setup.sh
+$(STAMP): pyproject.toml hadoop/pom.xml package-lock.json scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 

@@ -67,6 +67,23 @@ class Settings:
     retention_raw_days: float = setting(30.0, "Raw landed hours older than this many days are deleted.", minimum=0.01)
     retention_master_days: float = setting(400.0, "Master (Parquet) hours older than this many days are deleted.", minimum=0.01)
     retention_interval_s: float = setting(3600.0, "How often the scheduler runs retention.", minimum=1)
+    retention_window_days: float = setting(14.0, "Batch-view minute windows older than this many days are deleted (hour/day rollups stay).",
+                                           minimum=0.01)
+    retention_hour_days: float = setting(180.0, "Batch-view hour rollups older than this many days are deleted (day rollups stay).",
+                                         minimum=0.01)
+    retention_day_days: float = setting(3650.0, "Batch-view day rollups older than this many days are deleted.", minimum=0.01)
+    liveness_history_s: float = setting(3600.0, "Liveness: the trailing period from which each source's message interval is learnt.",
+                                        minimum=60)
+    liveness_stale_factor: float = setting(3.0, "Liveness: silent for this many of its own intervals is 'stale'.", minimum=1)
+    liveness_stale_min_s: float = setting(15.0, "Liveness: never 'stale' before this many seconds of silence (covers pipeline delay).",
+                                          minimum=0)
+    liveness_missing_s: float = setting(300.0, "Liveness: silent for longer than this many seconds is 'missing'.", minimum=1)
+    alert_rules_file: str = setting("", "Alert rules (YAML). Empty: the bundled healthmon/alert_rules.yaml.")
+    alert_eval_interval_s: float = setting(15.0, "How often the scheduler evaluates the alert rules.", minimum=0.1)
+    alert_webhook_timeout_s: float = setting(5.0, "Timeout of one webhook delivery attempt, seconds.", minimum=0.1)
+    alert_webhook_retries: int = setting(5, "Retries of a failed webhook delivery (exponential backoff).", minimum=0, maximum=20)
+    alert_webhook_backoff_s: float = setting(0.5, "First backoff between webhook retries, seconds (doubles each retry).", minimum=0)
+    alert_history_days: float = setting(30.0, "Resolved alerts and their transitions are kept this many days.", minimum=0.01)
     disk_recent_s: float = setting(900.0, "Drive health: the recent period whose p99 is judged, seconds.", minimum=60)
     disk_baseline_s: float = setting(86400.0, "Drive health: the trailing period before it that is the device's own baseline.", minimum=60)
     disk_warn_ratio: float = setting(1.5, "Drive health: p99 this many times its baseline or the fleet median is 'warn'.", minimum=1)
@@ -76,6 +93,7 @@ class Settings:
     api_threads: int = setting(8, "Worker threads of the HTTP server.", minimum=1, maximum=256)
     api_default_range_s: int = setting(3600, "Range of a query that gives no 'from'.", minimum=60)
     api_max_points: int = setting(5000, "Most points one series answer may hold.", minimum=10)
+    dashboard_refresh_s: float = setting(5.0, "How often the dashboard refreshes itself, seconds.", minimum=0.5)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -89,6 +107,13 @@ class Settings:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: not an IP address") from None
         if self.disk_degraded_ratio < self.disk_warn_ratio:
             raise ConfigError(f"disk_degraded_ratio={self.disk_degraded_ratio}: must be >= disk_warn_ratio={self.disk_warn_ratio}")
+        if not self.retention_window_days <= self.retention_hour_days <= self.retention_day_days:
+            raise ConfigError(
+                f"retention_window_days={self.retention_window_days}, retention_hour_days={self.retention_hour_days}, "
+                f"retention_day_days={self.retention_day_days}: each tier must be kept at least as long as the finer one"
+            )
+        if self.liveness_missing_s <= self.liveness_stale_min_s:
+            raise ConfigError(f"liveness_missing_s={self.liveness_missing_s}: must be > liveness_stale_min_s={self.liveness_stale_min_s}")
         url = self.landing_url
         if not (url.startswith("file://") or url.startswith("hdfs://")):
             raise ConfigError(f"landing={self.landing!r}: must start with file:// or hdfs://")
@@ -135,6 +160,15 @@ class Settings:
     @property
     def spark_dir(self) -> Path:
         return self.data_path / "spark"
+
+    @property
+    def alerts_db(self) -> Path:
+        """The alert store (SQLite: one writer, the scheduler; many readers)."""
+        return self.data_path / "alerts" / "alerts.sqlite"
+
+    @property
+    def alert_rules_path(self) -> Path:
+        return Path(self.alert_rules_file) if self.alert_rules_file else Path(__file__).with_name("alert_rules.yaml")
 
 
 def _check(f: dataclasses.Field, value) -> None:

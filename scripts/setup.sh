@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up everything healthmon needs on a fresh Debian machine: Java 17+ for
+# Sets up everything healthmon needs on a fresh Debian machine (see also the npm and
+# Debian test tools at the end): Java 17+ for
 # Spark (from Debian's packages when missing), the Apache Hadoop jars of the
 # local HDFS in .hadoop/lib (fetched by Maven as hadoop/pom.xml says; Maven from
 # Debian's packages when missing), a virtualenv in .venv and the pinned Python
@@ -91,4 +92,29 @@ if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
       say "block latency tracing for the agent needs ${missing[*]} (run as root to install): the agent will fall back"
     fi
   fi
+fi
+
+# Front-end libraries the API serves itself (uPlot for the dashboard, Swagger UI for /docs), from the npm
+# registry as package-lock.json pins them; again only when the lock file changed.
+if ! command -v npm >/dev/null 2>&1; then
+  say "the dashboard's libraries come from npm; none found, installing Debian's npm"
+  apt_install npm
+fi
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat node_modules/.lock.sha256 2>/dev/null)" != "$lock_hash" ]; then
+  say "installing the dashboard's JavaScript libraries (package-lock.json) into node_modules"
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+  echo "$lock_hash" >node_modules/.lock.sha256
+fi
+
+# Test tools from Debian: chromium (the dashboard's browser tests, driven by Playwright without its own
+# browser download) and prometheus/promtool (a real Prometheus scrapes /metrics in the tests).
+missing=()
+for cmd in chromium promtool; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  pkgs=()
+  for cmd in "${missing[@]}"; do case $cmd in promtool) pkgs+=(prometheus) ;; *) pkgs+=("$cmd") ;; esac; done
+  say "installing Debian's ${pkgs[*]} (browser and Prometheus tests)"
+  apt_install "${pkgs[@]}"
 fi

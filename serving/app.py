@@ -54,7 +54,7 @@ from healthmon.config import Settings
 from healthmon.schema import HEALTH_METRICS, NAME_RE
 from healthmon.state import read_runs, read_state, read_states
 from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
-from serving import queries
+from serving import alerts_api, dashboard, openapi, queries
 from serving.disk_health import judge
 from serving.errors import bad_parameter, not_found, register_error_handlers
 from serving.metrics import make_registry
@@ -307,12 +307,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         views = settings.views_dir
         return {"status": "ok", "views": {"batch": (views / BATCH_VIEW).exists(), "realtime": (views / REALTIME_VIEW).exists()}}
 
-    @app.get("/")
-    def index():
-        """What this API answers (the dashboard comes here later)."""
-        endpoints = sorted(
-            {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint not in ("static", "index")}
-        )
-        return {"name": "healthmon", "endpoints": endpoints}
-
+    alerts_api.register(app, settings, clock)
+    dashboard.register(app, settings, clock)
+    openapi.register(app, settings, clock)
     return app

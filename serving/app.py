@@ -11,9 +11,13 @@ shape in ``serving.errors``.
 Answers (every time is ISO-8601 UTC with ``Z``; ``*_ts`` fields are epoch
 seconds):
 
-- ``GET /api/v1/services`` -> ``{"services": [{"service", "count",
-  "last_seen", "last_seen_ts"}]}`` sorted by name; ``count`` is every message
-  ever (merged views).
+- ``GET /api/v1/services`` -> ``{"now", "now_ts", "services": [{"service",
+  "count", "last_seen", "last_seen_ts", "status" (up|stale|missing),
+  "silent_s", "expected_interval_s", "stale_after_s", "missing_after_s",
+  "current": {metric: newest value}}]}`` sorted by name; ``count`` is every
+  message ever (merged views); liveness as ``serving.liveness`` says.
+- ``GET /api/v1/hosts`` -> ``{"now", "now_ts", "hosts": [{"host", "devices",
+  "last_seen", "last_seen_ts", "status", ...}]}``: the senders of drive latency.
 - ``GET /api/v1/summary?from=&to=&service=`` -> ``{"from", "to", "from_ts",
   "to_ts", "horizon", "services": [{"service", "count", "last_seen",
   "cpu_pct": {"avg", "max"}, "ram_used_pct": {...}, "disk_used_pct": {...}}]}``.
@@ -54,7 +58,7 @@ from healthmon.config import Settings
 from healthmon.schema import HEALTH_METRICS, NAME_RE
 from healthmon.state import read_runs, read_state, read_states
 from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
-from serving import alerts_api, dashboard, openapi, queries
+from serving import alerts_api, dashboard, liveness, openapi, queries
 from serving.disk_health import judge
 from serving.errors import bad_parameter, not_found, register_error_handlers
 from serving.metrics import make_registry
@@ -135,17 +139,24 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         # window_start is an integer: start >= from <=> start >= ceil(from); start < to <=> start < ceil(to)
         return frm, to, math.ceil(frm), math.ceil(to)
 
+    def with_last_seen(row: dict) -> dict:
+        row = dict(row)
+        last_ts = row.pop("last_ts")
+        return {**row, "last_seen": iso(last_ts), "last_seen_ts": last_ts}
+
     @app.get(f"{API}/services")
     def services():
         check_known(request.args, ())
-        con = connection()
-        rows = queries.services(con, queries.horizon(con))
-        return {
-            "services": [
-                {"service": r["service"], "count": r["count"], "last_seen": iso(r["last_ts"]), "last_seen_ts": r["last_ts"]}
-                for r in rows
-            ]
-        }
+        now = clock()
+        rows = liveness.service_statuses(connection(), now, settings)
+        return {"now": iso(now), "now_ts": now, "services": [with_last_seen(r) for r in rows]}
+
+    @app.get(f"{API}/hosts")
+    def hosts():
+        check_known(request.args, ())
+        now = clock()
+        rows = liveness.host_statuses(connection(), now, settings)
+        return {"now": iso(now), "now_ts": now, "hosts": [with_last_seen(r) for r in rows]}
 
     @app.get(f"{API}/summary")
     def summary():

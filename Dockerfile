@@ -3,6 +3,12 @@
 #
 # Python 3.11 on Debian bookworm, the same Python and Java as the project's own machines, so the
 # pinned versions in pyproject.toml behave the same here (pyspark 4.3 runs on Java 17).
+# The front-end packages the API serves (uPlot, Swagger UI), as package-lock.json pins them.
+FROM node:20-bookworm-slim AS web
+WORKDIR /web
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --ignore-scripts
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -34,7 +40,10 @@ COPY scheduler/ scheduler/
 COPY serving/ serving/
 COPY mock_services/ mock_services/
 COPY agent/ agent/
+COPY alerting/ alerting/
 RUN pip install --no-deps . && healthmon settings > /dev/null
+COPY --from=web /web/node_modules/ node_modules/
+ENV HEALTHMON_WEB_MODULES_DIR=/opt/healthmon/node_modules
 
 # Not root.  The data directory belongs to the user, so a named volume mounted there (which Docker
 # fills from the image's directory, ownership included) is writable by every healthmon container.

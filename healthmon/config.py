@@ -94,6 +94,7 @@ class Settings:
     api_default_range_s: int = setting(3600, "Range of a query that gives no 'from'.", minimum=60)
     api_max_points: int = setting(5000, "Most points one series answer may hold.", minimum=10)
     dashboard_refresh_s: float = setting(5.0, "How often the dashboard refreshes itself, seconds.", minimum=0.5)
+    web_modules_dir: str = setting("", "The npm packages the API serves (uPlot, Swagger UI). Empty: node_modules of the project.")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -165,6 +166,11 @@ class Settings:
     def alerts_db(self) -> Path:
         """The alert store (SQLite: one writer, the scheduler; many readers)."""
         return self.data_path / "alerts" / "alerts.sqlite"
+
+    @property
+    def web_modules_path(self) -> Path:
+        """Where `npm ci` put the front-end packages (package.json): the project's node_modules by default."""
+        return Path(self.web_modules_dir) if self.web_modules_dir else Path(__file__).resolve().parents[1] / "node_modules"
 
     @property
     def alert_rules_path(self) -> Path:

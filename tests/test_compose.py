@@ -369,8 +369,8 @@ def dockerfile_problems(text: str) -> list[str]:
     instr = instructions(text)
     pyproject = tomllib.loads(PYPROJECT.read_text())
     froms = [a for k, a in instr if k == "FROM"]
-    if not froms or froms[0].split()[0] != "python:3.11-slim-bookworm":
-        problems.append(f"FROM {froms[:1]}: expected python:3.11-slim-bookworm")
+    if not froms or froms[-1].split()[0] != "python:3.11-slim-bookworm":
+        problems.append(f"FROM {froms[-1:]}: expected python:3.11-slim-bookworm (the final stage)")
     entry = [a for k, a in instr if k == "ENTRYPOINT"]
     try:
         entrypoint = json.loads(entry[-1]) if entry else None

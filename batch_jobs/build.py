@@ -15,6 +15,10 @@ One build:
    gets the new horizon, and the new view file is published atomically
    (``healthmon.views.update_view``).  A build that fails publishes nothing.
 
+A changed hour that retention has made final is left alone: its raw files may
+be pruned, or its day's hour rollups deleted, so recomputing it would wipe
+rollups instead of adding the late messages (``batch_jobs.retention.rebuildable``).
+
 The writer lock on the batch view also guarantees that two builds never run
 at once, whoever starts them.
 """
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from batch_jobs.retention import raw_floor, read_tier_cutoffs, rebuildable
 from batch_jobs.transforms import VIEW_TRANSFORMS, dedupe_messages, with_hour_partition
 from healthmon.config import Settings
 from healthmon.landing import (
@@ -155,10 +160,14 @@ def build(spark, settings: Settings, store: LandingStore, now: float | None = No
     def change(con) -> dict:
         previous = read_horizon(con)
         horizon = max(previous, closed_horizon(now, settings.batch_lateness_s))
+        tiers, oldest_raw = read_tier_cutoffs(con), raw_floor(settings, now)
         todo_by_type = {}
+        too_old = 0
         for msg_type in VIEW_TRANSFORMS:
             built = dict(con.execute("SELECT hour_start, fingerprint FROM view_inputs WHERE msg_type = ?", [msg_type]).fetchall())
-            todo_by_type[msg_type] = plan_hours(raw_hours(store, msg_type), built, horizon)
+            changed = plan_hours(raw_hours(store, msg_type), built, horizon)
+            todo_by_type[msg_type] = [h for h in changed if rebuildable(h.hour_start, h.hour_start in built, tiers, oldest_raw)]
+            too_old += len(changed) - len(todo_by_type[msg_type])
         todo = [h for hours in todo_by_type.values() for h in hours]
         rows = 0
         bar = tqdm(total=len(todo), unit="hour", desc="batch build", disable=not progress)
@@ -179,6 +188,7 @@ def build(spark, settings: Settings, store: LandingStore, now: float | None = No
             "horizon": horizon,
             "previous_horizon": previous,
             "hours_rebuilt": len(todo),
+            "hours_too_old_to_rebuild": too_old,
             "rows_written": rows,
             "input_files": sum(len(h.files) for h in todo),
             "input_bytes": sum(h.bytes for h in todo),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 from healthmon.config import ConfigError, Settings, load_settings, settings_table
@@ -21,13 +22,40 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _day(text: str):
+    """``--date``: a ``datetime.date`` from DD-MM-YYYY (argparse names the option in its error)."""
+    from healthmon.report import parse_day  # matplotlib loads only for the report command
+
+    try:
+        return parse_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="healthmon", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start collector, speed job, scheduler and API (and mocks) on this machine")
     up.add_argument("--mock", action="store_true", help="also start mock services")
-    up.add_argument("--mock-services", type=int, default=5, help="number of mock services (with --mock)")
+    up.add_argument("--mock-services", type=int, default=5,
+                    help="number of steady mock services (with --mock), besides one per mock scenario")
 
     collect = sub.add_parser("collect", help="run the UDP collector")
     collect.add_argument("--host", dest="udp_host")
@@ -35,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("speed", help="run the Spark streaming job that keeps the real-time view")
     sub.add_parser("batch", help="run one batch build now (with a progress bar)")
-    sub.add_parser("schedule", help="run the scheduler: batch builds every batch_interval_s, expiry")
+    schedule = sub.add_parser("schedule", help="run the scheduler: batch builds, expiry, retention and alert evaluation")
+    schedule.add_argument("--jobs", choices=("all", "batch", "alerts"), default="all",
+                          help="batch: builds, expiry and retention (starts Spark); alerts: alert rules and webhooks (no Spark); "
+                               "all (default): both")
 
     serve = sub.add_parser("serve", help="run the HTTP API and dashboard")
     serve.add_argument("--host", dest="api_host")
@@ -55,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     hdfs = sub.add_parser("hdfs", help="start, stop or show the local single-node HDFS (NameNode + DataNode)")
     hdfs.add_argument("action", choices=["up", "down", "status"], help="up: start and wait until ready; down: stop; status: exit 0 when up")
+
+    report = sub.add_parser("report", help="write PNG charts of one UTC day per service and per drive, from the merged views")
+    report.add_argument("--date", required=True, type=_day, metavar="DD-MM-YYYY", help="the UTC day to chart")
+    report.add_argument("--service", default=None, help="only this service's chart (default: every service and drive)")
+    report.add_argument("--out", default=None, help="output directory (default: reports/YYYY-MM-DD under the current directory)")
+
+    top = sub.add_parser("top", help="live console view of the services, their status and current values")
+    top.add_argument("--url", default=None, help="the API's base URL (default: http://<api_host>:<api_port>)")
+    top.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame, plain, and exit (1 when the API is unreachable)")
+    top.add_argument("--iterations", type=_positive_int, default=None, help="stop the live view after this many frames")
 
     sub.add_parser("settings", help="print every setting, its environment variable, default and help")
 
@@ -102,12 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         from batch_jobs.build import run
     elif command == "schedule":
         from scheduler.service import run
+
+        return run(settings, jobs=args.jobs) or 0
     elif command == "serve":
         from serving.server import run
     elif command == "agent":
         from agent.main import run
 
         return run(settings, args) or 0
+    elif command == "report":
+        from healthmon.report import run
+
+        return run(settings, args)
+    elif command == "top":
+        from healthmon.top import run
+
+        return run(settings, args)
     elif command == "mock":
         from mock_services.sender import run
 

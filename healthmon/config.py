@@ -113,6 +113,13 @@ class Settings:
                 f"retention_window_days={self.retention_window_days}, retention_hour_days={self.retention_hour_days}, "
                 f"retention_day_days={self.retention_day_days}: each tier must be kept at least as long as the finer one"
             )
+        # Drive health and liveness read minute windows directly: retention must keep every window they read.
+        window_needs_s = max(self.disk_recent_s + self.disk_baseline_s, self.liveness_history_s) + self.batch_lateness_s + 3600
+        if self.retention_window_days * 86400 < window_needs_s:
+            raise ConfigError(
+                f"retention_window_days={self.retention_window_days}: must keep at least {window_needs_s / 86400:.3f} days "
+                "of minute windows (disk_recent_s + disk_baseline_s, or liveness_history_s, + batch_lateness_s + 1 h)"
+            )
         if self.liveness_missing_s <= self.liveness_stale_min_s:
             raise ConfigError(f"liveness_missing_s={self.liveness_missing_s}: must be > liveness_stale_min_s={self.liveness_stale_min_s}")
         url = self.landing_url

@@ -261,7 +261,10 @@ class ViewReader:
             if alias in local.inodes and local.inodes[alias] == inode:
                 continue
             if alias in local.inodes:
-                local.con.execute(f"DETACH {alias}")
+                # Forget the old state first: if the ATTACH below fails (a damaged file), the next call
+                # must not DETACH an alias that is no longer attached, and retries the ATTACH instead.
+                del local.inodes[alias]
+                local.con.execute(f"DETACH DATABASE IF EXISTS {alias}")
             if inode is None:
                 local.con.execute(f"ATTACH ':memory:' AS {alias}")
                 create_schema(local.con, alias)

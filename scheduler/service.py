@@ -1,34 +1,50 @@
-"""``healthmon schedule``: the APScheduler process of the batch layer.
+"""``healthmon schedule``: the APScheduler process of the batch layer and of the alerts.
 
-It keeps one SparkSession for its whole life (a cold one costs 7-11 s) and
-runs ``batch_jobs.build.build_and_record`` at start and then every
-``batch_interval_s``: never two at once (``max_instances=1``; missed runs are
-coalesced), each followed by the expiry of real-time rows below the new
-horizon, each outcome recorded in ``<data_dir>/state/batch_runs.jsonl`` and
-shown by ``/api/v1/pipeline``; and retention (``batch_jobs.retention``)
-every ``retention_interval_s``.  SIGTERM/SIGINT let a running build finish,
-then stop.
+Jobs (``--jobs all``, the default, runs both groups; ``--jobs batch`` or
+``--jobs alerts`` one of them):
+
+- ``alerts``: the alert rules are loaded first (a bad rules file stops the
+  process at once with a message naming the file, rule and field); then
+  ``alerting.engine.AlertEvaluator.evaluate`` runs every
+  ``alert_eval_interval_s`` from the start, and a notifier thread delivers
+  the webhooks.  Alerts need no Spark: they start before the Spark session,
+  which takes several seconds, and never wait for a batch build.
+- ``batch``: one SparkSession for the process's whole life (a cold one costs
+  7-11 s); ``batch_jobs.build.build_and_record`` at start and then every
+  ``batch_interval_s``, each followed by the expiry of real-time rows below
+  the new horizon, each outcome recorded in
+  ``<data_dir>/state/batch_runs.jsonl`` and shown by ``/api/v1/pipeline``;
+  and retention (``batch_jobs.retention``) every ``retention_interval_s``.
+
+Every job runs at most once at a time (``max_instances=1``; missed runs are
+coalesced).  SIGTERM/SIGINT let a running build or evaluation finish, stop
+the notifier (after the delivery in flight), then stop.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from batch_jobs.build import build_and_record
-from batch_jobs.retention import apply_retention
 from healthmon.config import Settings
-from healthmon.landing import landing_for
 
 log = logging.getLogger(__name__)
 
+JOB_GROUPS = ("all", "batch", "alerts")
+"""Values of ``healthmon schedule --jobs``."""
 
-def make_scheduler(settings: Settings, spark) -> BackgroundScheduler:
-    """A scheduler with the batch build job registered (not started)."""
+
+def add_batch_jobs(scheduler: BackgroundScheduler, settings: Settings, spark) -> None:
+    """The batch build (at once, then every batch_interval_s) and retention."""
+    from batch_jobs.build import build_and_record
+    from batch_jobs.retention import apply_retention
+    from healthmon.landing import landing_for
+
     store = landing_for(settings)
 
     def batch_build() -> None:
@@ -38,7 +54,6 @@ def make_scheduler(settings: Settings, spark) -> BackgroundScheduler:
             record.get("build_id"), record["status"], record["duration_s"], record.get("horizon"), record.get("hours_rebuilt"),
         )
 
-    scheduler = BackgroundScheduler(timezone=UTC)
     scheduler.add_job(
         batch_build,
         "interval",
@@ -57,23 +72,67 @@ def make_scheduler(settings: Settings, spark) -> BackgroundScheduler:
         max_instances=1,
         coalesce=True,
     )
-    return scheduler
 
 
-def run(settings: Settings) -> int:
-    from healthmon.spark import spark_session
+def add_alert_jobs(scheduler: BackgroundScheduler, settings: Settings, alerts) -> None:
+    """The evaluation of the alert rules, at once and then every alert_eval_interval_s."""
 
+    def evaluate() -> None:
+        try:
+            alerts.evaluate()
+        except Exception:  # a failed evaluation must not stop the next ones
+            log.exception("alert evaluation failed")
+
+    scheduler.add_job(
+        evaluate,
+        "interval",
+        seconds=settings.alert_eval_interval_s,
+        id="alert_eval",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+
+
+def run(settings: Settings, jobs: str = "all") -> int:
+    """Run the scheduler until SIGTERM/SIGINT; 0 on a clean stop, 2 when the alert rules file is bad."""
+    # APScheduler logs two lines per run of every job: too many with an evaluation every few seconds.
+    # Each job logs its own outcome; failures are still logged (at ERROR).
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    spark = spark_session(settings, "healthmon-scheduler")
-    scheduler = make_scheduler(settings, spark)
-    scheduler.start()
-    log.info("scheduler: batch build every %ss", settings.batch_interval_s)
+    alerts = None
+    if jobs in ("all", "alerts"):
+        from alerting.engine import AlertEvaluator
+        from alerting.rules import RulesError
+
+        try:
+            alerts = AlertEvaluator(settings)
+        except RulesError as exc:
+            print(f"healthmon schedule: {exc}", file=sys.stderr)
+            return 2
+    scheduler = BackgroundScheduler(timezone=UTC)
+    spark = None
     try:
+        if alerts is not None:
+            alerts.start()
+            add_alert_jobs(scheduler, settings, alerts)
+            log.info("scheduler: alert rules from %s evaluated every %ss", settings.alert_rules_path, settings.alert_eval_interval_s)
+        scheduler.start()
+        if jobs in ("all", "batch") and not stop.is_set():
+            from healthmon.spark import spark_session
+
+            spark = spark_session(settings, "healthmon-scheduler")
+            add_batch_jobs(scheduler, settings, spark)
+            log.info("scheduler: batch build every %ss", settings.batch_interval_s)
         stop.wait()
     finally:
-        log.info("scheduler: stopping (waiting for a running build)")
-        scheduler.shutdown(wait=True)
-        spark.stop()
+        log.info("scheduler: stopping (waiting for running jobs)")
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+        if alerts is not None:
+            alerts.close()
+        if spark is not None:
+            spark.stop()
     return 0

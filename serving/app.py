@@ -19,16 +19,25 @@ seconds):
 - ``GET /api/v1/hosts`` -> ``{"now", "now_ts", "hosts": [{"host", "devices",
   "last_seen", "last_seen_ts", "status", ...}]}``: the senders of drive latency.
 - ``GET /api/v1/summary?from=&to=&service=`` -> ``{"from", "to", "from_ts",
-  "to_ts", "horizon", "services": [{"service", "count", "last_seen",
+  "to_ts", "horizon", "tier", "effective_from", "effective_to",
+  "effective_from_ts", "effective_to_ts", "services": [{"service", "count", "last_seen",
   "cpu_pct": {"avg", "max"}, "ram_used_pct": {...}, "disk_used_pct": {...}}]}``.
+  ``tier`` (window, hour or day) is the finest tier retention has left for
+  the start of the range; where windows (hour rollups) are gone the range is
+  rounded out to whole hours (days): the ``effective_*`` range is the one
+  counted (``serving.queries.tier_span``).
 - ``GET /api/v1/services/<name>/series?from=&to=&step=`` -> ``{"service",
-  "step", "step_s", "from", "to", "from_ts", "to_ts", "horizon", "points":
+  "step", "step_s", "step_requested", "from", "to", "from_ts", "to_ts", "horizon",
+  "tier", "effective_*", "points":
   [{"start", "ts", "count", "cpu_pct": {"avg", "min", "max"}, ...}]}``: one
   point per bucket of ``step`` (aligned to multiples of the step since the
   epoch) from the bucket holding ``from`` to the one holding ``to``; a point
   covers the windows of its bucket that lie in ``[from, to)`` (so the edge
   buckets may be partial, and the counts of a series add up to the summary's);
-  an empty bucket has count 0 and null metrics.
+  an empty bucket has count 0 and null metrics.  Where the range reaches an
+  expired tier, the step is at least 1h (1d), a finer asked step
+  (``step_requested``; null when defaulted) is raised, and points cover the
+  effective range.
 - ``GET /api/v1/pipeline`` -> ``{"now", "horizon" (ISO or null), "horizon_ts"
   (epoch or null before the first build), "batch": {"last_builds" (newest
   first, at most 10), "built_at", "built_at_ts", "meta" (the view_meta row),
@@ -59,10 +68,10 @@ from healthmon.schema import HEALTH_METRICS, NAME_RE
 from healthmon.state import read_runs, read_state, read_states
 from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
 from serving import alerts_api, dashboard, liveness, openapi, queries
-from serving.disk_health import judge
+from serving.disk_health import drive_health
 from serving.errors import bad_parameter, not_found, register_error_handlers
 from serving.metrics import make_registry
-from serving.params import STEP_LABELS, check_known, choose_step, iso, parse_range, parse_service
+from serving.params import STEP_LABELS, check_known, choose_step, iso, parse_range, parse_service, parse_step
 
 API = "/api/v1"
 PERCENTILES = (("p50_us", 0.50), ("p95_us", 0.95), ("p99_us", 0.99))
@@ -94,11 +103,22 @@ def _num(value):
     return value if math.isfinite(value) else None
 
 
-def range_fields(frm: float, to: float, step: int, horizon: int) -> dict:
-    """The range part of a series answer: step, from/to (ISO and epoch) and the horizon."""
+def range_fields(frm: float, to: float, step: int, horizon: int, requested: int | None = None) -> dict:
+    """The range part of a series answer: step (used and asked), from/to (ISO and epoch) and the horizon."""
     return {
-        "step": STEP_LABELS[step], "step_s": step, "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
+        "step": STEP_LABELS[step], "step_s": step, "step_requested": STEP_LABELS[requested] if requested else None,
+        "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
         "horizon": iso(horizon) if horizon else None,
+    }
+
+
+def tier_fields(span: queries.TierSpan, frm: float, to: float, lo: int, hi: int) -> dict:
+    """Which tier the range reaches and the range the answer covers (``from``/``to`` rounded out where finer tiers are gone)."""
+    covered_from = frm if span.lo == lo else span.lo
+    covered_to = to if span.hi == hi else span.hi
+    return {
+        "tier": span.tier, "effective_from": iso(covered_from), "effective_to": iso(covered_to),
+        "effective_from_ts": covered_from, "effective_to_ts": covered_to,
     }
 
 
@@ -164,7 +184,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         service = parse_service(request.args.get("service"))
         con = connection()
         horizon = queries.horizon(con)
-        rows = queries.summary(con, lo, hi, horizon, service)
+        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
+        rows = queries.summary(con, span.lo, span.hi, horizon, service)
         if service is not None and not rows and not queries.service_exists(con, service, horizon):
             raise not_found(f"unknown service {service!r}")
         out = []
@@ -176,6 +197,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         return {
             "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
             "horizon": iso(horizon) if horizon else None,
+            **tier_fields(span, frm, to, lo, hi),
             "services": out,
         }
 
@@ -184,10 +206,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         frm, to, lo, hi = range_args(("step",))
         if not NAME_RE.match(name):
             raise not_found(f"unknown service {name[:60]!r}")
-        step, first, n = choose_step(request.args.get("step"), frm, to, settings.window_s, settings.api_max_points)
+        raw_step = request.args.get("step")
+        requested = parse_step(raw_step) if raw_step is not None else None
         con = connection()
         horizon = queries.horizon(con)
-        rows = queries.series(con, name, lo, hi, step, horizon)
+        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
+        step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
+        rows = queries.series(con, name, span.lo, span.hi, step, horizon)
         if not rows and not queries.service_exists(con, name, horizon):
             raise not_found(f"unknown service {name!r}")
         by_bucket = {r["bucket"]: r for r in rows}
@@ -207,7 +232,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
                     point[m] = {"avg": _avg(r[f"{m}_sum"], count), "min": _num(r[f"{m}_min"]), "max": _num(r[f"{m}_max"])}
             points.append(point)
         return {
-            "service": name, **range_fields(frm, to, step, horizon), "points": points,
+            "service": name, **range_fields(frm, to, step, horizon, requested),
+            **tier_fields(span, frm, to, lo, hi), "points": points,
         }
 
     @app.get(f"{API}/pipeline")
@@ -265,19 +291,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
     @app.get(f"{API}/disks/health")
     def disk_health():
         check_known(request.args, ())
-        now = clock()
-        con = connection()
-        horizon = queries.horizon(con)
-        window = settings.window_s
-        recent_lo = int((now - settings.disk_recent_s) // window * window)
-        baseline_lo = int((recent_lo - settings.disk_baseline_s) // window * window)
-        recent = queries.disk_sketches(con, recent_lo, math.ceil(now), horizon)
-        baseline = queries.disk_sketches(con, baseline_lo, recent_lo, horizon)
-        return {
-            "now": iso(now), "recent_from": iso(recent_lo), "baseline_from": iso(baseline_lo),
-            "warn_ratio": settings.disk_warn_ratio, "degraded_ratio": settings.disk_degraded_ratio,
-            "devices": judge(recent, baseline, settings),
-        }
+        return drive_health(connection(), clock(), settings)
 
     @app.get(f"{API}/disks/<host>/<device>/latency")
     def disk_latency(host: str, device: str):
@@ -287,10 +301,13 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             raise bad_parameter(f"op={op[:20]!r}: must be read or write")
         if not (NAME_RE.match(host) and NAME_RE.match(device)):
             raise not_found(f"unknown device {host[:60]!r}/{device[:60]!r}")
-        step, first, n = choose_step(request.args.get("step"), frm, to, settings.window_s, settings.api_max_points)
+        raw_step = request.args.get("step")
+        requested = parse_step(raw_step) if raw_step is not None else None
         con = connection()
         horizon = queries.horizon(con)
-        totals, sketches = queries.disk_latency(con, host, device, op, lo, hi, step, horizon)
+        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
+        step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
+        totals, sketches = queries.disk_latency(con, host, device, op, span.lo, span.hi, step, horizon)
         if not totals and not queries.disk_exists(con, host, device, horizon):
             raise not_found(f"unknown device {host!r}/{device!r}")
         by_bucket = {r["bucket"]: r for r in totals}
@@ -310,7 +327,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
                 point[name] = sketch.quantile(pairs, q)
             points.append(point)
         return {
-            "host": host, "device": device, "op": op or "all", **range_fields(frm, to, step, horizon), "points": points,
+            "host": host, "device": device, "op": op or "all", **range_fields(frm, to, step, horizon, requested),
+            **tier_fields(span, frm, to, lo, hi), "points": points,
         }
 
     @app.get("/healthz")

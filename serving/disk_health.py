@@ -11,14 +11,23 @@ The degradation score is the larger of ``recent / baseline`` and
 ``disk_degraded_ratio``, ``warn`` from ``disk_warn_ratio``, else ``ok``; the
 reason says which comparison decided, in words.  A device with neither a
 baseline nor peers is ``ok`` with the reason "no baseline and no peers yet".
+
+``drive_health(con, now, settings)`` reads the merged sketches and judges
+them: it is the answer of ``GET /api/v1/disks/health`` and what the ``drive``
+alert rules (``alerting.engine``) evaluate, so both always agree.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+
+import duckdb
 
 from healthmon.config import Settings
 from healthmon.sketch import quantile
+from serving import queries
+from serving.params import iso
 
 Key = tuple[str, str, str]
 
@@ -59,3 +68,19 @@ def judge(recent: dict[Key, list[tuple[int, int]]], baseline: dict[Key, list[tup
             "recent_p99_us": p99, "baseline_p99_us": base, "fleet_p99_us": fleet,
         })
     return out
+
+
+def drive_health(con: duckdb.DuckDBPyConnection, now: float, settings: Settings) -> dict:
+    """The verdict on every drive at ``now`` over the merged views: ``{"now", "recent_from", "baseline_from",
+    "warn_ratio", "degraded_ratio", "devices": judge(...)}``; periods start on window boundaries."""
+    horizon = queries.horizon(con)
+    window = settings.window_s
+    recent_lo = int((now - settings.disk_recent_s) // window * window)
+    baseline_lo = int((recent_lo - settings.disk_baseline_s) // window * window)
+    recent = queries.disk_sketches(con, recent_lo, math.ceil(now), horizon)
+    baseline = queries.disk_sketches(con, baseline_lo, recent_lo, horizon)
+    return {
+        "now": iso(now), "recent_from": iso(recent_lo), "baseline_from": iso(baseline_lo),
+        "warn_ratio": settings.disk_warn_ratio, "degraded_ratio": settings.disk_degraded_ratio,
+        "devices": judge(recent, baseline, settings),
+    }

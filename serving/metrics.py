@@ -6,8 +6,8 @@ Two kinds of metrics, in one registry per app:
   a histogram by endpoint and status), observed around every request;
 - the pipeline's state, read at scrape time by a custom collector from what
   the other processes publish: collector counters (``state/collector-*.json``),
-  batch build records (``state/batch_runs.jsonl``), the speed layer's progress
-  and the views' row counts and horizon.  Reading at scrape time keeps one
+  batch build records (``state/batch_runs.jsonl``: outcomes, and durations as
+  a summary), the speed layer's progress and the views' row counts and horizon.  Reading at scrape time keeps one
   source of truth: the numbers are the ones ``/api/v1/pipeline`` shows.
 
 Names carry their units (``_seconds``, ``_total``), as Prometheus asks.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from healthmon.config import Settings
 from healthmon.state import read_runs, read_states
@@ -29,7 +29,9 @@ COLLECTOR_COUNTERS = (
     ("received", "healthmon_collector_received_total", "Datagrams received."),
     ("accepted", "healthmon_collector_accepted_total", "Datagrams accepted as messages."),
     ("landed_messages", "healthmon_collector_landed_messages_total", "Messages in segments published to the landing store."),
+    ("landed_segments", "healthmon_collector_landed_segments_total", "Raw segments published to the landing store."),
     ("deadletter_messages", "healthmon_collector_deadletter_messages_total", "Rejected datagrams published as dead letters."),
+    ("deadletter_segments", "healthmon_collector_deadletter_segments_total", "Dead-letter segments published to the landing store."),
     ("spooled_segments", "healthmon_collector_spooled_segments_total", "Segments that went to the local spool (store unreachable)."),
     ("shipped_segments", "healthmon_collector_shipped_segments_total", "Spooled segments shipped to the landing store."),
 )
@@ -75,6 +77,12 @@ class PipelineCollector:
         for status in ("ok", "error"):
             builds.add_metric([status], float(sum(1 for r in runs if r.get("status") == status)))
         yield builds
+        durations = SummaryMetricFamily("healthmon_batch_build_duration_seconds", "Durations of the batch builds, by outcome.",
+                                        labels=["status"])
+        for status in ("ok", "error"):
+            took = [float(r.get("duration_s", 0.0)) for r in runs if r.get("status") == status]
+            durations.add_metric([status], count_value=len(took), sum_value=sum(took))
+        yield durations
         last = GaugeMetricFamily("healthmon_batch_last_build_duration_seconds", "Duration of the newest batch build.")
         if runs:
             last.add_metric([], float(runs[0].get("duration_s", 0.0)))

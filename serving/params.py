@@ -11,7 +11,8 @@ Decisions:
   ``form=`` would otherwise silently give the default range).
 - ``step`` is one of 60s, 5m, 1h, 1d; the same steps spelled in seconds
   (``60``, ``300``, ``3600s``...) are accepted too; the answer names the step
-  by its label.
+  by its label.  Where retention has deleted the finer tiers of a range, the
+  step is at least an hour (or a day), asked or not (``min_step``).
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ def bucket_bounds(frm: float, to: float, step: int) -> tuple[int, int]:
     return first, max(1, -(-(end - first) // step))
 
 
-def choose_step(raw: str | None, frm: float, to: float, window_s: int, max_points: int) -> tuple[int, int, int]:
-    """(step, first bucket, number of points) of a series; ApiError 400 for a bad step or too many points."""
+def choose_step(raw: str | None, frm: float, to: float, window_s: int, max_points: int, min_step: int = 0) -> tuple[int, int, int]:
+    """(step, first bucket, number of points) of a series; ApiError 400 for a bad step or too many points.
+
+    ``min_step`` (an hour or a day, from ``serving.queries.tier_span``) raises a finer step, asked or default.
+    """
     steps = allowed_steps(window_s)
     if raw is not None:
         step = parse_step(raw)
@@ -116,8 +120,9 @@ def choose_step(raw: str | None, frm: float, to: float, window_s: int, max_point
             raise bad_parameter(
                 f"step={raw[:20]!r}: the base window is {window_s}s; use one of {', '.join(STEP_LABELS[s] for s in steps)}"
             )
+        step = max(step, min_step)
     else:
-        step = next((s for s in steps if bucket_bounds(frm, to, s)[1] <= TARGET_POINTS), steps[-1])
+        step = next((s for s in steps if s >= min_step and bucket_bounds(frm, to, s)[1] <= TARGET_POINTS), steps[-1])
     first, n = bucket_bounds(frm, to, step)
     if n > max_points:
         raise bad_parameter(f"{n} points of step {STEP_LABELS[step]} is more than the limit of {max_points}; use a larger step")

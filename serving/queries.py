@@ -24,12 +24,21 @@ about 170 rows per service instead of 10,080.
 Aggregates merge as ``healthmon.views.AggTable.merge_select`` does: count and sum add,
 min and max take the extreme; averages are ``sum / count``, computed by the
 caller.
+
+Tiers (``batch_jobs.retention``): minute windows, hour rollups and day rollups
+are kept for different times.  :func:`tier_span` rounds a range that starts
+where a finer tier is gone out to whole hours (or days) there, and gives the
+finest step that still has whole buckets, so no answer mixes a rollup with
+missing windows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 
+from batch_jobs.retention import TierCutoffs, read_tier_cutoffs
 from healthmon.schema import HEALTH_METRICS
 from healthmon.views import read_horizon
 
@@ -52,6 +61,42 @@ Segment = tuple[str, int, int]
 def horizon(con: duckdb.DuckDBPyConnection) -> int:
     """The batch view's horizon (0 before the first batch build)."""
     return read_horizon(con, "b")
+
+
+def tier_cutoffs(con: duckdb.DuckDBPyConnection) -> TierCutoffs:
+    """The tier cutoffs retention has applied to the batch view (zeros: nothing deleted yet)."""
+    return read_tier_cutoffs(con, "b")
+
+
+@dataclass(frozen=True)
+class TierSpan:
+    """A range ``[lo, hi)`` rounded out so that no part of it needs a tier that retention has deleted."""
+
+    tier: str  # "window", "hour" or "day": the finest tier that holds the oldest part of the range
+    lo: int
+    hi: int
+    min_step: int  # the finest step with whole buckets (0: any step)
+
+
+def tier_span(lo: int, hi: int, cutoffs: TierCutoffs) -> TierSpan:
+    """``[lo, hi)`` with each end that lies below a tier cutoff rounded out to the unit of the coarser tier.
+
+    The cutoffs are hour (windows) and day (hour rollups) boundaries, so the
+    rounded range reads whole hour rollups where windows are gone and whole
+    day rollups where hour rollups are gone.  Before the day cutoff nothing
+    is left: such days count 0.
+    """
+    if lo < cutoffs.hour:
+        tier, unit = "day", DAY
+    elif lo < cutoffs.window:
+        tier, unit = "hour", HOUR
+    else:
+        return TierSpan("window", lo, hi, 0)
+    if hi < cutoffs.hour:
+        hi = _ceil_to(hi, DAY)
+    elif hi < cutoffs.window:
+        hi = _ceil_to(hi, HOUR)
+    return TierSpan(tier, _floor_to(lo, unit), hi, unit)
 
 
 # ---------------------------------------------------------------- planning (pure)

@@ -34,6 +34,9 @@ def test_environment_and_overrides_convert_types():
         ({"HEALTHMON_LANDING": "s3://bucket"}, "landing"),
         ({"HEALTHMON_SEGMENT_MAX_SECONDS": "0"}, "segment_max_seconds"),
         ({"HEALTHMON_NO_SUCH_THING": "1"}, "HEALTHMON_NO_SUCH_THING"),
+        ({"HEALTHMON_RETENTION_HOUR_DAYS": "7"}, "retention_hour_days=7.0"),  # shorter than the minute tier
+        ({"HEALTHMON_RETENTION_WINDOW_DAYS": "0.5"}, "retention_window_days=0.5: must keep at least 1.056 days"),
+        ({"HEALTHMON_LIVENESS_MISSING_S": "10"}, "liveness_missing_s"),
     ],
 )
 def test_bad_values_name_the_setting(environ, named):

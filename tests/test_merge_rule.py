@@ -65,9 +65,9 @@ def message(service: str, ts: float, cpu: float, ram: float = 50.0, disk: float 
 
 def window_rows(messages: list[dict], window_s: int = W) -> list[dict]:
     """Window aggregates (the view's row format) of ``messages``, in plain Python."""
-    key = (id(messages), len(messages), window_s)
-    if _window_cache.get("key") != key:
-        _window_cache.update(key=key, rows=_window_rows(messages, window_s))
+    # Keyed by the list itself (held, so its id cannot be reused by a new list) and its length.
+    if _window_cache.get("messages") is not messages or _window_cache.get("key") != (len(messages), window_s):
+        _window_cache.update(messages=messages, key=(len(messages), window_s), rows=_window_rows(messages, window_s))
     return _window_cache["rows"]
 
 

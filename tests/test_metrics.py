@@ -19,17 +19,26 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics_expose_the_pipeline_state(tmp_path, free_tcp_port):
-    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
-    counters = {"collector_id": "c7", "received": 10, "accepted": 7, "rejected": 3, "rejected_by_reason": {"not_json": 2, "oversized": 1},
-                "landed_messages": 6, "deadletter_messages": 3, "spooled_segments": 2, "shipped_segments": 1, "pending_segments": 1,
-                "spool_segments": 1}
-    write_state(settings.state_dir, "collector-c7", counters)
+COLLECTOR_C7 = {
+    "collector_id": "c7", "received": 10, "accepted": 7, "rejected": 3, "rejected_by_reason": {"not_json": 2, "oversized": 1},
+    "landed_messages": 6, "landed_segments": 4, "deadletter_messages": 3, "deadletter_segments": 2, "spooled_segments": 2,
+    "shipped_segments": 1, "pending_segments": 1, "spool_segments": 1,
+}
+
+
+def write_known_state(data_dir) -> None:
+    """Collector counters, two batch builds (ok 2.5 s, error 0.75 s), a horizon and a speed-layer commit, as the processes write them."""
+    settings = load_settings({"data_dir": str(data_dir)}, environ={})
+    write_state(settings.state_dir, "collector-c7", COLLECTOR_C7)
     append_run(settings.state_dir, {"status": "ok", "duration_s": 2.5})
     append_run(settings.state_dir, {"status": "error", "duration_s": 0.75})
     update_view(settings.views_dir / BATCH_VIEW, lambda con: con.execute("INSERT INTO view_meta VALUES (7200, 0, 60, 'b', 0, 0)"))
     progress = "INSERT INTO speed_progress VALUES ('health', 3, 1.0, 5, 2.0, 7200)"
     update_view(settings.views_dir / REALTIME_VIEW, lambda con: con.execute(progress))
+
+
+def test_metrics_expose_the_pipeline_state(tmp_path, free_tcp_port):
+    write_known_state(tmp_path)
     proc = start_healthmon(["serve"], {"HEALTHMON_DATA_DIR": str(tmp_path), "HEALTHMON_API_PORT": str(free_tcp_port)})
     api = f"http://127.0.0.1:{free_tcp_port}"
     try:
@@ -46,9 +55,15 @@ def test_metrics_expose_the_pipeline_state(tmp_path, free_tcp_port):
     assert got[("healthmon_collector_rejected_total", (("collector", "c7"), ("reason", "not_json")))] == 2
     assert got[("healthmon_collector_rejected_total", (("collector", "c7"), ("reason", "oversized")))] == 1
     assert got[("healthmon_collector_spooled_segments_total", collector)] == 2
+    assert got[("healthmon_collector_landed_messages_total", collector)] == 6
+    assert got[("healthmon_collector_landed_segments_total", collector)] == 4
+    assert got[("healthmon_collector_deadletter_segments_total", collector)] == 2
     assert got[("healthmon_collector_pending_segments", collector)] == 1
     assert got[("healthmon_batch_builds_total", (("status", "ok"),))] == 1
     assert got[("healthmon_batch_builds_total", (("status", "error"),))] == 1
+    assert got[("healthmon_batch_build_duration_seconds_count", (("status", "ok"),))] == 1
+    assert got[("healthmon_batch_build_duration_seconds_sum", (("status", "ok"),))] == 2.5
+    assert got[("healthmon_batch_build_duration_seconds_sum", (("status", "error"),))] == 0.75
     assert got[("healthmon_batch_last_build_duration_seconds", ())] == 0.75
     assert got[("healthmon_batch_horizon_timestamp_seconds", ())] == 7200
     assert got[("healthmon_speed_lag_seconds", ())] > 1e9  # committed at epoch 1.0: long ago

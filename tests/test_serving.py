@@ -118,9 +118,25 @@ def test_healthz(api, tmp_path):
     assert client.get("/healthz").get_json() == {"status": "ok", "views": {"batch": False, "realtime": False}}
 
 
-def test_index_lists_the_endpoints(api):
-    endpoints = get(api, "/")["endpoints"]
-    assert {"/healthz", "/api/v1/services", "/api/v1/summary", "/api/v1/services/<name>/series", "/api/v1/pipeline"} <= set(endpoints)
+def test_index_serves_the_dashboard_and_its_vendored_assets(api):
+    page = requests.get(f"{api}/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    javascript = ("text/javascript", "application/javascript")  # Flask's static files: the platform's MIME table picks one
+    assets = {
+        "/vendor/uplot/uPlot.iife.min.js": ("text/javascript",), "/vendor/uplot/uPlot.min.css": ("text/css",),
+        "/static/dashboard.js": javascript, "/static/dashboard.css": ("text/css",), "/static/favicon.svg": ("image/svg+xml",),
+    }
+    for path, content_types in assets.items():
+        assert f'="{path}"' in page.text, path
+        resp = requests.get(f"{api}{path}", timeout=10)
+        assert resp.status_code == 200 and resp.headers["Content-Type"].split(";")[0] in content_types, path
+    assert requests.get(f"{api}/vendor/uplot/uPlot.iife.min.js", timeout=10).content.startswith(b"/*! https://github.com/leeoniya/uPlot")
+    # Only the whitelisted files of node_modules, never the rest.
+    outside = ("/vendor/uplot/package.json", "/vendor/uplot/uPlot.esm.js", "/vendor/uplot/..%2Fpackage.json",
+               "/vendor/swagger-ui-dist/index.html")
+    for path in outside:
+        assert_error(requests.get(f"{api}{path}", timeout=10), 404, "not_found")
 
 
 def test_services(api):

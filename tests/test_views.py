@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import duckdb
+import pytest
 
-from healthmon.views import BATCH_VIEW, update_view, writer_lock
+from healthmon.views import BATCH_VIEW, ViewReader, update_view, writer_lock
 
 
 def _hold_lock(view, held, release) -> None:
@@ -51,3 +53,25 @@ def test_a_failed_update_leaves_the_published_view_and_no_temporary_file(tmp_pat
     assert con.execute("SELECT build_id FROM view_meta").fetchall() == [("a",)]
     con.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [BATCH_VIEW, f"{BATCH_VIEW}.lock"]
+
+
+def test_reader_recovers_after_a_damaged_view_file(tmp_path):
+    """A view file that cannot be attached fails the request; once a good file is published, reads work again."""
+    good = tmp_path / BATCH_VIEW
+    update_view(good, lambda con: None, fresh=True)
+    reader = ViewReader(tmp_path)
+    try:
+        assert reader.connection().execute("SELECT count(*) FROM b.health_window").fetchone() == (0,)
+        damaged = tmp_path / "damaged.tmp"
+        damaged.write_bytes(b"not a duckdb file" * 100)
+        os.replace(damaged, good)
+        with pytest.raises(duckdb.Error):
+            reader.connection()
+        with pytest.raises(duckdb.Error):
+            reader.connection()  # still the damaged file: the same error, not a DETACH of nothing
+        good.unlink()
+        update_view(good, lambda con: con.execute("INSERT INTO health_window (service, window_start, count) VALUES ('a', 0, 3)"),
+                    fresh=True)
+        assert reader.connection().execute("SELECT sum(count) FROM b.health_window").fetchone() == (3,)
+    finally:
+        reader.close_all()

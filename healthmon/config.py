@@ -44,6 +44,14 @@ class Settings:
     udp_rcvbuf_bytes: int = setting(4 * 1024 * 1024, "SO_RCVBUF asked for the collector's socket.", minimum=65536)
     max_datagram_bytes: int = setting(16384, "Larger datagrams are rejected as 'oversized'.", minimum=256, maximum=65507)
     max_clock_skew_s: float = setting(3600.0, "Messages whose ts is further than this in the future are rejected.", minimum=0)
+    signing: str = setting("off", "Datagram HMAC signatures: off (ignored), optional (checked when present) or required.",
+                           choices=("off", "optional", "required"))
+    signing_keys_file: str = setting("", "Signing keys (YAML: key id -> shared secret), one key per sender or group of senders.")
+    signing_window_s: float = setting(300.0, "A signed datagram whose ts is further than this from now is a replay: rejected.",
+                                      minimum=1)
+    rate_limit_per_source: float = setting(0.0, "Datagrams per second one source address may send (0: no limit); excess is dropped.",
+                                           minimum=0)
+    rate_limit_burst: int = setting(1000, "Datagrams a source may send at once above its rate (token bucket size).", minimum=1)
     segment_max_seconds: float = setting(0.5, "A landing segment is published after this many seconds.", minimum=0.05, maximum=60)
     segment_max_bytes: int = setting(8 * 1024 * 1024, "A landing segment is closed and published at this size.", minimum=1024)
     stats_interval_s: float = setting(1.0, "How often processes write their counters to <data_dir>/state.", minimum=0.1)
@@ -93,6 +101,7 @@ class Settings:
     api_threads: int = setting(8, "Worker threads of the HTTP server.", minimum=1, maximum=256)
     api_default_range_s: int = setting(3600, "Range of a query that gives no 'from'.", minimum=60)
     api_max_points: int = setting(5000, "Most points one series answer may hold.", minimum=10)
+    api_max_range_days: float = setting(3660.0, "Longest range (to - from) one query may ask for, days.", minimum=1)
     dashboard_refresh_s: float = setting(5.0, "How often the dashboard refreshes itself, seconds.", minimum=0.5)
     web_modules_dir: str = setting("", "The npm packages the API serves (uPlot, Swagger UI). Empty: node_modules of the project.")
 

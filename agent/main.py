@@ -7,6 +7,11 @@ I/O).  The latency source is the first of BCC, libbpf (``biolatency``) and
 ``/proc/diskstats`` that works here (``--source`` forces one); the agent logs
 which one it uses and why each other one was not usable.  SIGTERM or SIGINT
 stop it after the current interval's send.
+
+``--key-id ID --secret-file FILE`` signs every datagram (``healthmon.schema``'s
+HMAC trailer) for a collector whose ``signing`` is ``optional`` or
+``required``; the collector's ``signing_keys_file`` must hold the same secret
+under that id.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import time
 
 from agent.health import HostHealth, clean_name, host_info_message, static_info
 from agent.latency import LatencySource, MeanLatency, choose_source, make_sources
-from healthmon.config import Settings
+from healthmon.config import ConfigError, Settings
 from healthmon.schema import encode
+from healthmon.signing import sender_key
 from healthmon.sketch import LatencySketch
 from mock_services.sender import Sender
 
@@ -63,8 +69,10 @@ def parse_target(target: str | None, settings: Settings) -> tuple[str, int]:
 class Agent:
     """The loop's state: one health sampler, one latency source, one sender."""
 
-    def __init__(self, sender: Sender, source: LatencySource | None, health: HostHealth | None = None) -> None:
+    def __init__(self, sender: Sender, source: LatencySource | None, health: HostHealth | None = None,
+                 key: tuple[str, bytes] | None = None) -> None:
         self.sender = sender
+        self.key_id, self.secret = key if key is not None else (None, None)
         self.source = source
         self.health = health or HostHealth()
         self.last_ts = time.time()
@@ -91,9 +99,13 @@ class Agent:
                 if msg is not None:
                     out.append(msg)
         for msg in out:
-            self.sender.send(encode(msg))
+            self.send(msg)
         self.messages += len(out)
         return out
+
+    def send(self, msg: dict) -> None:
+        """One message on the wire, signed when the agent has a key."""
+        self.sender.send(encode(msg, self.key_id, self.secret))
 
     def _once(self, text: str) -> None:
         if text not in self.errors_logged:
@@ -106,6 +118,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         log.error("--interval must be between 0.1 and 3600 s")
         return 2
     host, port = parse_target(args.target, settings)
+    try:
+        key = sender_key(args)
+    except ConfigError as exc:
+        log.error("agent: %s", exc)
+        return 2
     devices = {d.strip() for d in args.devices.split(",") if d.strip()} if args.devices else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -127,12 +144,18 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         accuracy = {"bcc": "exact sketch buckets (2%)", "libbpf": "log2 buckets: latencies within a factor of sqrt(2)",
                     "diskstats": "mean latency only (mean_only=true)"}[source.name]
         log.info("agent: using latency source %s (%s)", source.name, accuracy)
-    log.info("agent: sending every %.3g s to udp://%s:%d%s", args.interval, host, port,
-             f" (devices {','.join(sorted(devices))})" if devices else "")
+    log.info("agent: sending every %.3g s to udp://%s:%d%s%s", args.interval, host, port,
+             f" (devices {','.join(sorted(devices))})" if devices else "", f", signed with key {key[0]!r}" if key else ", unsigned")
 
     sender = Sender(host, port)
-    agent = Agent(sender, source, health)
-    sender.send(encode(host_info_message(info, time.time())))
+    try:
+        # Connected, the socket takes datagrams from the collector's address only (and is bound to loopback when the
+        # target is): an unconnected UDP socket is bound to every address and takes datagrams from anyone.
+        sender.sock.connect(sender.address)
+    except OSError as exc:
+        log.warning("agent: cannot connect the UDP socket to %s:%d (%s): sending unconnected", host, port, exc)
+    agent = Agent(sender, source, health, key)
+    agent.send(host_info_message(info, time.time()))
     next_info = time.monotonic() + STATIC_INFO_EVERY_S
     next_tick = time.monotonic() + args.interval
     try:
@@ -145,7 +168,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 next_info += STATIC_INFO_EVERY_S
                 info = static_info()
                 log.info("agent: host info %s", info)
-                sender.send(encode(host_info_message(info, time.time())))
+                agent.send(host_info_message(info, time.time()))
     finally:
         if source is not None:
             source.stop()

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="block latency source: auto tries bcc, libbpf, diskstats in this order")
     agent.add_argument("--target", default=None, help="host:port to send to (default: the collector's udp_host:udp_port)")
     agent.add_argument("--devices", default=None, help="comma-separated block devices to report (default: all)")
+    from healthmon.signing import add_sender_arguments
+
+    add_sender_arguments(agent)
 
     hdfs = sub.add_parser("hdfs", help="start, stop or show the local single-node HDFS (NameNode + DataNode)")
     hdfs.add_argument("action", choices=["up", "down", "status"], help="up: start and wait until ready; down: stop; status: exit 0 when up")

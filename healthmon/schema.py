@@ -16,6 +16,19 @@ original Health-Monitoring-System mock client's format ("seed003": keys
 objects, and a trailing comma before the closing brace) is accepted and mapped
 to canonical fields.
 
+Signed datagrams (optional; the collector's ``signing`` setting says whether
+they are checked): the message bytes, then a trailer that names the key and
+carries the HMAC-SHA256 of exactly those bytes, in lowercase hex::
+
+    <message bytes>\\n#hmac-sha256 <key id> <64 hex digits>
+
+The marker ``\\n#`` cannot occur in JSON (a raw newline is not allowed in a
+string, ``#`` not outside one), so the first marker ends the message; the
+message is signed as sent, with no canonical form to agree on, and an
+unsigned datagram is exactly what it was before signing existed.  ``encode``
+and ``sign`` write it; ``split_signature`` reads it; the collector checks it
+(``ingest.guard``).  ``parse_message`` itself ignores a trailer.
+
 Decisions where DESIGN.md is silent:
 - unknown extra fields are dropped, not rejected (senders may be newer);
 - a ``total`` of 0 gives a used percentage of 0;
@@ -25,16 +38,21 @@ Decisions where DESIGN.md is silent:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 
 from healthmon import sketch
 
 MAX_TEXT = 256  # longest free-text field (host_info)
+MAX_TS_TEXT = 64  # longest ISO-8601 ts string (names are at most 128 characters: NAME_RE)
 MIN_TS = 946684800.0  # 2000-01-01T00:00:00Z: older timestamps are rejected
 NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 IFACE_RE = re.compile(r"[A-Za-z0-9._:@-]{1,64}\Z")
@@ -68,6 +86,14 @@ REASONS: dict[str, str] = {
     "inconsistent_sketch": "bucket counts do not add up to count (empty buckets allowed only with mean_only), "
                            "or count/sum_us/max_us contradict each other",
     "bad_text": "a free-text field (host_info) is longer than 256 characters or holds control characters",
+    "unsigned": "signing=required and the datagram carries no signature",
+    "unknown_key": "the signature names a key id that is not in signing_keys_file",
+    "bad_signature": "the signature trailer is malformed, or its HMAC does not match the message and key",
+    "stale_signature": "a signed message's ts is further than signing_window_s from the collector's clock "
+                       "(or older than the replay memory reaches under load)",
+    "replayed": "the same signed datagram was already accepted within signing_window_s",
+    "rate_limited": "its source address sent more than rate_limit_per_source datagrams/s (beyond rate_limit_burst): "
+                    "counted, not dead-lettered",
     "internal_error": "the validator itself failed (a bug): the datagram is kept for inspection",
 }
 
@@ -180,6 +206,8 @@ def parse_ts(value) -> float:
     if _is_number(value):
         ts = float(value)
     elif isinstance(value, str):
+        if len(value) > MAX_TS_TEXT:
+            raise Rejected("bad_timestamp", f"ts string of {len(value)} characters (at most {MAX_TS_TEXT})")
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -310,7 +338,11 @@ def _validate_net(value) -> dict:
 
 
 def loads_lenient(data: bytes) -> object:
-    """Strict JSON, or JSON with trailing commas before '}' / ']' (the seed003 client's habit)."""
+    """Strict JSON, or JSON with trailing commas before '}' / ']' (the seed003 client's habit).
+
+    A signature trailer is ignored (only tried once the whole datagram failed, so unsigned datagrams pay nothing):
+    whether signatures are checked is the collector's business (``signing``), not the schema's.
+    """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -318,7 +350,11 @@ def loads_lenient(data: bytes) -> object:
     try:
         return orjson.loads(_TRAILING_COMMA_RE.sub(rb"\1", data))
     except orjson.JSONDecodeError as exc:
-        raise Rejected("not_json", str(exc)[:120]) from None
+        error = exc
+    cut = data.find(SIGNATURE_MARKER)
+    if cut >= 0:
+        return loads_lenient(data[:cut])  # the message never holds the marker: one level at most
+    raise Rejected("not_json", str(error)[:120]) from None
 
 
 def parse_message(data: bytes, recv_ts: float, max_skew_s: float = 3600.0) -> dict:
@@ -383,9 +419,60 @@ def duckdb_columns(msg_type: str) -> dict[str, str]:
 # ---------------------------------------------------------------- encoding (the wire format, written once)
 
 
-def encode(message: dict) -> bytes:
-    """One datagram of a canonical message (what senders put on the wire)."""
-    return orjson.dumps(message)
+SIGNATURE_MARKER = b"\n#hmac-sha256 "  # starts the trailer of a signed datagram
+SIGNATURE_HEX_LEN = 64  # hex digits of an HMAC-SHA256
+KEY_ID_RE = NAME_RE  # a key id: 1-128 characters of [A-Za-z0-9._:-]
+
+
+class Signature(NamedTuple):
+    """What a signed datagram says: the signed message bytes, the key id and the hex HMAC, as sent."""
+
+    body: bytes
+    key_id: bytes
+    mac: bytes
+
+
+def signer(secret: bytes) -> Callable[[bytes], bytes]:
+    """The function ``body -> lowercase hex HMAC-SHA256 of body under secret`` (the key is prepared once)."""
+    prepared = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def mac(body: bytes) -> bytes:
+        h = prepared.copy()
+        h.update(body)
+        return h.hexdigest().encode("ascii")
+
+    return mac
+
+
+def sign(body: bytes, key_id: str, secret: bytes) -> bytes:
+    """``body`` (a canonical or seed003 datagram) with its signature trailer."""
+    if not KEY_ID_RE.match(key_id):
+        raise ValueError(f"key id {key_id[:40]!r}: must be 1-128 characters of [A-Za-z0-9._:-]")
+    return body + SIGNATURE_MARKER + key_id.encode("ascii") + b" " + signer(secret)(body)
+
+
+def split_signature(data: bytes) -> Signature | None:
+    """The parts of a signed datagram, None when it has no trailer; Rejected('bad_signature') when the trailer is malformed.
+
+    The key id is not checked here: an id that names no key is ``unknown_key``, whatever its characters.
+    """
+    cut = data.find(SIGNATURE_MARKER)
+    if cut < 0:
+        return None
+    key_id, space, mac = data[cut + len(SIGNATURE_MARKER):].partition(b" ")
+    if not space or len(mac) != SIGNATURE_HEX_LEN:
+        raise Rejected("bad_signature", f"malformed trailer {data[cut + 1:cut + 120]!r}")
+    return Signature(data[:cut], key_id, mac)
+
+
+def encode(message, key_id: str | None = None, secret: bytes | None = None) -> bytes:
+    """One datagram of a canonical message (what senders put on the wire), signed when given a key id and its secret."""
+    body = orjson.dumps(message)
+    if key_id is None:
+        return body
+    if secret is None:
+        raise ValueError("a key id needs its secret")
+    return sign(body, key_id, secret)
 
 
 def disk_latency_message(host: str, device: str, op: str, ts: float, interval_s: float, latencies: sketch.LatencySketch,

@@ -30,6 +30,14 @@ the spool / shipped from it), ``spool_segments`` (in the spool now),
 ``publish_errors``, ``started_at``, ``updated_at`` and ``state``.
 ``accepted + rejected == received`` holds in every written snapshot.
 
+Checks that settings turn on (``ingest.guard``): ``signing=optional|required``
+checks datagram signatures and replays (``parse`` becomes
+``Verifier.parse``); ``rate_limit_per_source > 0`` drops a source's datagrams
+beyond its token bucket before anything else, counted under ``rate_limited``
+and not dead-lettered (so ``deadletter_messages`` = ``rejected`` minus
+``rate_limited``).  Their state is in the counters (``signing``,
+``rate_limit``); with both off the loop does one ``is None`` test more.
+
 Bad input never stops the collector.  Reasons are those of
 ``schema.REASONS``; should the parser itself fail on some datagram (a bug),
 the datagram is dead-lettered with reason ``internal_error`` and the error is
@@ -76,6 +84,7 @@ import orjson
 from healthmon import landing, schema
 from healthmon.config import ConfigError, Settings, load_settings
 from healthmon.state import write_state
+from ingest import guard
 from ingest.publisher import Publisher, Segment, Spool
 
 log = logging.getLogger("healthmon.ingest.collector")
@@ -85,6 +94,8 @@ COALESCE_S = 0.001  # while datagrams flow, let this much time's worth queue up 
 STOP_DRAIN_S = 1.0  # after a stop signal, read what is still queued on the socket for at most this long
 INTERNAL_ERROR = "internal_error"
 STOP_GRACE_S = 5.0  # at stop, how long the publisher may keep trying an unreachable store before leaving the spool
+RATE_LIMIT_LOG_S = 60.0  # how often the sources that were rate limited are logged
+RATE_LIMITED = "rate_limited"
 
 
 class Collector:
@@ -92,6 +103,10 @@ class Collector:
 
     def __init__(self, settings: Settings, store: landing.LandingStore | None = None) -> None:
         self.settings = settings
+        # the optional checks first: a bad keys file stops the start (ConfigError) before anything is opened
+        self.verifier, self.limiter = guard.make_guards(settings)
+        self.next_sweep = 0.0
+        self.next_rate_log = time.time() + RATE_LIMIT_LOG_S
         self.store = store if store is not None else landing.landing_for(settings)
         self.started_at = time.time()
         self.run_id = int(self.started_at * 1000)
@@ -173,6 +188,8 @@ class Collector:
             "shipped_segments": p.shipped_segments,
             "spool_segments": len(p.spool),
             "open_segments": len(self.raw_buffers) + len(self.dead_buffers),
+            "signing": self.verifier.counters() if self.verifier is not None else {"mode": "off"},
+            "rate_limit": self.limiter.counters() if self.limiter is not None else None,
             "publish_errors": p.publish_errors,
             "last_publish_error": p.last_error,
             "started_at": self.started_at,
@@ -232,6 +249,24 @@ class Collector:
         if buf[1] >= self.settings.segment_max_bytes:
             self.close_segments()
 
+    def rate_limited(self) -> None:
+        """Count a datagram dropped by the rate limit (no dead letter: a flood would fill the store)."""
+        self.rejected += 1
+        self.rejected_by_reason[RATE_LIMITED] = self.rejected_by_reason.get(RATE_LIMITED, 0) + 1
+
+    def sweep(self, now: float) -> None:
+        """Every guard.SWEEP_S: forget expired signatures and refilled rate buckets; log who was rate limited."""
+        self.next_sweep = now + guard.SWEEP_S
+        if self.verifier is not None:
+            self.verifier.replays.expire(now)
+        if self.limiter is not None:
+            self.limiter.sweep(now)
+            if now >= self.next_rate_log:
+                self.next_rate_log = now + RATE_LIMIT_LOG_S
+                report = self.limiter.report()
+                if report:
+                    log.warning("%s", report)
+
     def _internal_error(self, data: bytes, addr, recv_ts: float, exc: BaseException) -> None:
         if self.internal_errors_logged < 10:
             self.internal_errors_logged += 1
@@ -267,7 +302,10 @@ class Collector:
         clock = time.time
         sleep = time.sleep
         dontwait = socket.MSG_DONTWAIT
-        parse = schema.parse_message
+        parse = self.verifier.parse if self.verifier is not None else schema.parse_message
+        allow = self.limiter.allow if self.limiter is not None else None
+        rate_limited = self.rate_limited
+        guarded = self.verifier is not None or allow is not None
         landed_line = schema.landed_line
         Rejected = schema.Rejected  # noqa: N806 - local alias for speed
         reject = self.reject
@@ -293,7 +331,9 @@ class Collector:
                         data, addr = recvfrom(65535, flags)
                         recv_ts = clock()
                         received += 1
-                        if len(data) > max_dgram:
+                        if allow is not None and not allow(addr[0], recv_ts):
+                            rate_limited()
+                        elif len(data) > max_dgram:
                             reject(data, addr, recv_ts, "oversized", f"{len(data)} bytes > max_datagram_bytes={max_dgram}")
                         else:
                             try:
@@ -330,6 +370,8 @@ class Collector:
                 now = clock()
                 if self.close_at is not None and now >= self.close_at:
                     self.close_segments()
+                if guarded and now >= self.next_sweep:
+                    self.sweep(now)
                 if now >= next_stats:
                     self.write_counters()
                     next_stats = now + s.stats_interval_s
@@ -388,6 +430,9 @@ def run(settings: Settings) -> int:
     """Run the collector until SIGTERM/SIGINT; 0 when everything received was published."""
     try:
         collector = Collector(settings)
+    except ConfigError as exc:
+        log.error("bad setting: %s", exc)
+        return 2
     except (OSError, ValueError) as exc:
         log.error("cannot open landing store %s: %s", settings.landing_url, exc)
         return 1

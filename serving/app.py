@@ -155,7 +155,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
 
     def range_args(extra: tuple[str, ...]) -> tuple[float, float, int, int]:
         check_known(request.args, ("from", "to", *extra))
-        frm, to = parse_range(request.args, clock(), settings.api_default_range_s)
+        frm, to = parse_range(request.args, clock(), settings.api_default_range_s, settings.api_max_range_days)
         # window_start is an integer: start >= from <=> start >= ceil(from); start < to <=> start < ceil(to)
         return frm, to, math.ceil(frm), math.ceil(to)
 

@@ -5,8 +5,10 @@ Decisions:
 - ``from``/``to`` take epoch seconds (an int or float, e.g. ``1700000000`` or
   ``1700000000.5``) or ISO-8601 (``2024-01-01T10:00:00Z``, ``...+02:00``; a
   naive time is UTC).  ``to`` defaults to now, ``from`` to ``to`` minus
-  ``api_default_range_s``.  ``from >= to`` is an error.  Times before the
-  epoch or after year 9999 are refused.
+  ``api_default_range_s``.  ``from >= to`` is an error, and so is a range
+  longer than ``api_max_range_days`` (a cap on the work one query may ask
+  for; the message names the limit).  Times before the epoch or after year
+  9999 are refused.
 - A parameter that an endpoint does not know is an error (a typo such as
   ``form=`` would otherwise silently give the default range).
 - ``step`` is one of 60s, 5m, 1h, 1d; the same steps spelled in seconds
@@ -67,8 +69,8 @@ def parse_time(name: str, raw: str) -> float:
     return ts
 
 
-def parse_range(args: Mapping[str, str], now: float, default_range_s: float) -> tuple[float, float]:
-    """(from, to) in epoch seconds, with the defaults; ApiError 400 when from >= to."""
+def parse_range(args: Mapping[str, str], now: float, default_range_s: float, max_range_days: float = math.inf) -> tuple[float, float]:
+    """(from, to) in epoch seconds, with the defaults; ApiError 400 when from >= to or to - from > max_range_days."""
     raw_to = args.get("to")
     to = parse_time("to", raw_to) if raw_to is not None else float(now)
     raw_from = args.get("from")
@@ -76,6 +78,9 @@ def parse_range(args: Mapping[str, str], now: float, default_range_s: float) -> 
     frm = max(frm, 0.0)
     if frm >= to:
         raise bad_parameter(f"from ({iso(frm)}) must be before to ({iso(to)})")
+    if to - frm > max_range_days * 86400:
+        raise bad_parameter(f"from ({iso(frm)}) to ({iso(to)}) is {(to - frm) / 86400:.6g} days, longer than "
+                            f"api_max_range_days={max_range_days:g}")
     return frm, to
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import orjson
 import pytest
 
@@ -213,7 +216,13 @@ REJECTED_CASES = [
     ("inconsistent_sketch", disk(count=0, buckets=[], sum_us=1.0, max_us=0)),  # nothing measured, some latency
     ("inconsistent_sketch", disk(count=0, buckets=[], sum_us=0, max_us=3.0)),
     ("inconsistent_sketch", disk(max_us=700.0)),  # one latency larger than the sum of all
+    ("bad_timestamp", dgram(ts="2023-11-14T22:13:20" + "0" * 60)),  # an ISO string longer than MAX_TS_TEXT
 ]
+
+# The collector's own checks, before or around parse_message: "oversized" (tests/test_collector.py), the signature,
+# replay and rate-limit reasons (tests/test_security.py); "internal_error" only a validator bug produces.
+COLLECTOR_REASONS = {"oversized", "internal_error", "unsigned", "unknown_key", "bad_signature", "stale_signature", "replayed",
+                     "rate_limited"}
 
 
 @pytest.mark.parametrize(("reason", "data"), REJECTED_CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(REJECTED_CASES)])
@@ -222,8 +231,7 @@ def test_rejection_reason(reason, data):
 
 
 def test_every_reason_is_produced_and_documented():
-    # oversized is the collector's own check (test_collector); internal_error only a validator bug produces.
-    produced = {reason for reason, _ in REJECTED_CASES} | {"oversized", "internal_error"}
+    produced = {reason for reason, _ in REJECTED_CASES} | COLLECTOR_REASONS
     assert produced == set(REASONS)
     assert all(isinstance(text, str) and text for text in REASONS.values())
 
@@ -391,6 +399,65 @@ def test_encode_seed003_of_the_original_example():
     assert set(again) == set(message)
     for key, value in message.items():
         assert again[key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-6))
+
+
+# ---------------------------------------------------------------- signed datagrams (the wire format; checks: test_security)
+
+SECRET = b"a-shared-secret-of-some-length"
+
+
+def test_signed_datagram_is_the_message_then_the_trailer():
+    body = schema.encode(GOOD)
+    data = schema.encode(GOOD, key_id="agent-eu.1", secret=SECRET)
+    expected_mac = hmac.new(SECRET, body, hashlib.sha256).hexdigest().encode()  # HMAC-SHA256 of exactly the sent bytes
+    assert data == body + b"\n#hmac-sha256 agent-eu.1 " + expected_mac
+    assert schema.sign(body, "agent-eu.1", SECRET) == data
+    assert schema.split_signature(data) == (body, b"agent-eu.1", expected_mac)
+
+
+def test_unsigned_datagram_is_unchanged_and_has_no_signature():
+    assert schema.encode(GOOD) == orjson.dumps(GOOD)
+    assert schema.split_signature(schema.encode(GOOD)) is None
+    assert schema.split_signature(SEED003) is None
+
+
+def test_signed_seed003_keeps_its_bytes():
+    data = schema.sign(SEED003, "tv", SECRET)
+    assert data.startswith(SEED003) and schema.split_signature(data).body == SEED003
+
+
+@pytest.mark.parametrize("message", [GOOD, DISK])
+def test_parse_message_ignores_a_trailer(message):
+    """Whether a signature is checked is the collector's setting: the schema reads the message either way."""
+    plain = parse(schema.encode(message))
+    assert parse(schema.encode(message, key_id="k", secret=SECRET)) == plain
+    assert parse(schema.encode(message, key_id="k", secret=SECRET)[:-1] + b"0") == plain  # not checked here
+    assert parse(schema.sign(SEED003, "k", SECRET), recv_ts=1700000010.0) == parse(SEED003, recv_ts=1700000010.0)
+
+
+@pytest.mark.parametrize("trailer", [b"", b"k", b"k ", b"k abc", b"k " + b"0" * 63, b"k " + b"0" * 65, b"k  " + b"0" * 64])
+def test_malformed_trailer_is_a_bad_signature(trailer):
+    with pytest.raises(Rejected) as info:
+        schema.split_signature(schema.encode(GOOD) + schema.SIGNATURE_MARKER + trailer)
+    assert info.value.reason == "bad_signature"
+
+
+def test_two_trailers_are_malformed():
+    data = schema.encode(GOOD, key_id="k", secret=SECRET)
+    with pytest.raises(Rejected) as info:
+        schema.split_signature(schema.sign(data, "k", SECRET))
+    assert info.value.reason == "bad_signature"
+
+
+@pytest.mark.parametrize("key_id", ["", "has space", "x" * 129, "ключ"])
+def test_sign_refuses_a_bad_key_id(key_id):
+    with pytest.raises(ValueError):
+        schema.encode(GOOD, key_id=key_id, secret=SECRET)
+
+
+def test_encode_needs_the_secret_with_a_key_id():
+    with pytest.raises(ValueError):
+        schema.encode(GOOD, key_id="k")
 
 
 # ---------------------------------------------------------------- landed lines and derived schemas

@@ -2,8 +2,9 @@
 
 Each part runs as its own process (``healthmon collect | speed | schedule |
 serve | agent`` — the agent reports this machine's own health and disk
-latency — and, with ``--mock``, ``healthmon mock`` with mock services and
-six mock drives, the last of them degrading), with the settings of this
+latency — and, with ``--mock``, ``healthmon mock`` with steady mock services
+plus one service per mock scenario and six mock drives, the last of them
+degrading, on a scenario clock three times faster than real time), with the settings of this
 command passed down as ``HEALTHMON_*`` variables.  Output is multiplexed with
 a prefix per process.  When one part exits, or on Ctrl-C/SIGTERM, honcho sends
 SIGTERM to every part (each closes and publishes what it holds) and kills what
@@ -47,8 +48,14 @@ def process_commands(mock: bool, mock_services: int) -> dict[str, list[str]]:
         "agent": [*base, "agent"],
     }
     if mock:
-        commands["mock"] = [*base, "mock", "--services", str(mock_services), "--rate", "1", "--drives", "6",
-                            "--scenario", "degrading_drive"]
+        from mock_services.scenarios import SCENARIOS
+
+        # `mock_services` steady services, then one service per other scenario, and six drives (the last degrades);
+        # scenario clocks x3, so every alert of the bundled rules goes pending, fires and resolves within ~15 minutes.
+        others = [name for name in SCENARIOS if name != "steady"]
+        services = mock_services + sum(1 for name in others if SCENARIOS[name] is not None)
+        commands["mock"] = [*base, "mock", "--services", str(services), "--rate", "1", "--drives", "6",
+                            "--scenario", ",".join(["steady"] * mock_services + others), "--time-scale", "3"]
     return commands
 
 
@@ -56,7 +63,7 @@ def _announce_when_ready(url: str, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             if requests.get(f"{url}/healthz", timeout=1).ok:
-                print(f"\n  healthmon is up: API at {url}/  (try {url}/api/v1/summary)\n", flush=True)
+                print(f"\n  healthmon is up: dashboard at {url}/  (API docs at {url}/docs)\n", flush=True)
                 return
         except requests.RequestException:
             pass
@@ -101,5 +108,9 @@ def run(settings: Settings, mock: bool = False, mock_services: int = 5) -> int:
             print("healthmon: stopping the local HDFS", flush=True)
             hdfs_cluster.down(settings)
     print(f"healthmon: stopped after {time.time() - started:.0f} s", flush=True)
+    # honcho answers SIGTERM/SIGINT with 143/130 even when every part stopped cleanly; a stop that was asked for and
+    # went well is a success, as it is for each part run alone (and for a service manager such as systemd).
+    if manager.returncode in (130, 143) and all(p.get("returncode") == 0 for p in manager._processes.values()):
+        return 0
     return manager.returncode or 0
 

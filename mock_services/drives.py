@@ -8,7 +8,7 @@ median; a healthy NVMe drive reads at p50 ~80 µs, p99 ~400 µs, and writes a
 bit slower.
 
 With the ``degrading_drive`` scenario the LAST drive's tail grows with the
-elapsed time: its p99 doubles every ``DOUBLING_S`` seconds (the log-normal's
+elapsed (scenario) time: its p99 doubles every ``DOUBLING_S`` seconds (the log-normal's
 spread widens, the median stays), up to ``MAX_GROWTH`` times the healthy
 p99; the other drives stay healthy.
 

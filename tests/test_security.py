@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import collections
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -280,6 +281,29 @@ def test_agent_signs_for_a_collector_that_requires_it(module_dir):
     assert counters["signing"]["signed_accepted"] == counters["accepted"] >= 3
     types = {row["type"] for _path, row in landed_rows(directory)}
     assert {"host_info", "health"} <= types
+
+
+def test_mock_services_and_drives_sign_for_a_collector_that_requires_it(module_dir):
+    """Every mock datagram (health, drives and the malformed scenario's broken ones) is signed with the given key."""
+    directory = module_dir / "mock"
+    collector = start(directory, signing="required", signing_keys_file=write_keys(module_dir))
+    secret_file = directory / "agent-a.secret"
+    secret_file.write_text(SECRET_A)
+    secret_file.chmod(0o600)
+    args = ["mock", "--services", "2", "--rate", "10", "--duration", "1", "--drives", "2", "--drive-interval", "0.5",
+            "--scenario", "steady,malformed", "--malformed-share", "0.5", "--target", f"127.0.0.1:{collector.port}",
+            "--key-id", "agent-a", "--secret-file", str(secret_file)]
+    mock = start_healthmon(args, {"HEALTHMON_DATA_DIR": str(directory)})
+    try:
+        assert mock.wait(timeout=60) == 0, Path(mock.log_path).read_text()
+        sent = int(re.search(r"sent (\d+) datagrams", Path(mock.log_path).read_text()).group(1))
+        counters = collector.wait_counters(lambda c: c["received"] >= sent, timeout=30)
+    finally:
+        collector.stop()
+    reasons = counters["rejected_by_reason"]
+    assert not {"unsigned", "bad_signature", "unknown_key"} & set(reasons), reasons  # every one signed, and well
+    assert counters["signing"]["signed_accepted"] == counters["accepted"] > 0
+    assert counters["accepted"] + counters["rejected"] == sent and counters["rejected"] > 0  # the broken ones: schema reasons
 
 
 def test_agent_key_flags_go_together(tmp_path):

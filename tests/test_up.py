@@ -57,7 +57,7 @@ def test_up_with_mocks_serves_the_mock_services_and_stops_cleanly(tmp_path, land
             raise
     log.seek(0)
     output = log.read().decode(errors="replace")
-    assert f"healthmon is up: API at {api}/" in output
+    assert f"healthmon is up: dashboard at {api}/" in output
     for part in ("collector", "speed", "scheduler", "api", "agent", "mock"):
         assert f"{part} stopped (rc=0)" in output, output[-3000:]
     if landing == "file":  # the collector published what it held: no hidden segment is left behind

@@ -4,7 +4,10 @@ For each (host, device, op):
 
 - ``recent_p99``: p99 of the merged sketch over ``[now - disk_recent_s, now)``;
 - ``baseline_p99``: p99 over the ``disk_baseline_s`` before that (the drive's own history);
-- ``fleet_p99``: the median of the recent p99 of every *other* device with the same op.
+- ``fleet_p99``: the median of the recent p99 of its *peers*: every other device with the same op,
+  the same kind (from its name: ``nvme``, ``sd``, ``vd``... ``DEVICE_KINDS``: an NVMe is not
+  judged against a disk of another class) and the same measuring ``source`` (a mock drive is no peer
+  of a real one, a mean-only diskstats reading no peer of a traced one).
 
 The degradation score is the larger of ``recent / baseline`` and
 ``recent / fleet`` (whichever exist).  ``degraded`` from
@@ -36,16 +39,35 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
-def judge(recent: dict[Key, list[tuple[int, int]]], baseline: dict[Key, list[tuple[int, int]]], settings: Settings) -> list[dict]:
-    """One verdict per device and op seen in the recent period, sorted by host, device, op."""
+DEVICE_KINDS = ("nvme", "mmcblk", "loop", "xvd", "nbd", "rbd", "sd", "vd", "hd", "dm", "md", "zd")
+"""Linux block device name prefixes, longest-first where one starts another (``xvd`` before ``vd``)."""
+
+
+def device_kind(device: str) -> str:
+    """The class of a block device from its name (``nvme0n1`` -> ``nvme``, ``sdb3`` -> ``sd``); ``other`` for names not known."""
+    return next((kind for kind in DEVICE_KINDS if device.startswith(kind)), "other")
+
+
+def judge(recent: dict[Key, list[tuple[int, int]]], baseline: dict[Key, list[tuple[int, int]]], settings: Settings,
+          sources: dict[tuple[str, str], str | None] | None = None) -> list[dict]:
+    """One verdict per device and op seen in the recent period, sorted by host, device, op.
+
+    ``sources``: the measuring source of each (host, device) (``None``: all alike).
+    """
+    sources = sources or {}
     recent_p99 = {key: quantile(pairs, 0.99) for key, pairs in recent.items()}
     recent_p99 = {key: p for key, p in recent_p99.items() if p is not None}
+
+    def peer_group(key: Key) -> tuple:
+        host, device, op = key
+        return op, device_kind(device), sources.get((host, device))
     out = []
     for key in sorted(recent_p99):
         host, device, op = key
         p99 = recent_p99[key]
         base = quantile(baseline.get(key, []), 0.99)
-        peers = [p for other, p in recent_p99.items() if other != key and other[2] == op]
+        group = peer_group(key)
+        peers = [p for other, p in recent_p99.items() if other != key and peer_group(other) == group]
         fleet = statistics.median(peers) if peers else None
         ratios = {}
         if base:
@@ -82,5 +104,5 @@ def drive_health(con: duckdb.DuckDBPyConnection, now: float, settings: Settings)
     return {
         "now": iso(now), "recent_from": iso(recent_lo), "baseline_from": iso(baseline_lo),
         "warn_ratio": settings.disk_warn_ratio, "degraded_ratio": settings.disk_degraded_ratio,
-        "devices": judge(recent, baseline, settings),
+        "devices": judge(recent, baseline, settings, {(d["host"], d["device"]): d["source"] for d in queries.disks(con, horizon)}),
     }

@@ -42,6 +42,21 @@ def test_judge_compares_with_own_baseline_and_fleet():
     assert lone[0]["status"] == "ok" and lone[0]["reason"] == "no baseline and no peers yet"
 
 
+def test_peers_are_drives_of_the_same_kind_and_source():
+    """A slow virtual disk is not judged against NVMe drives, nor a real drive against mock ones."""
+    settings = load_settings(environ={})
+    fast, slow = [(100, 99), (101, 1)], [(300, 99), (301, 1)]
+    recent = {("h1", "nvme0n1", "read"): fast, ("h2", "nvme0n1", "read"): fast, ("h3", "vda", "read"): slow,
+              ("h4", "nvme1n1", "read"): slow}
+    sources = {("h1", "nvme0n1"): "mock", ("h2", "nvme0n1"): "mock", ("h3", "vda"): "mock", ("h4", "nvme1n1"): "libbpf"}
+    verdicts = {v["host"]: v for v in judge(recent, {}, settings, sources)}
+    assert verdicts["h3"]["fleet_p99_us"] is None and verdicts["h3"]["status"] == "ok"  # no vd peer
+    assert verdicts["h4"]["fleet_p99_us"] is None and verdicts["h4"]["status"] == "ok"  # no libbpf peer
+    assert verdicts["h1"]["fleet_p99_us"] == verdicts["h2"]["recent_p99_us"]
+    mixed = {v["host"]: v for v in judge(recent, {}, settings)}  # without sources the NVMe drives are peers
+    assert mixed["h4"]["status"] == "degraded" and "over 2 peers" in mixed["h4"]["reason"]
+
+
 @pytest.mark.slow
 @pytest.mark.spark
 def test_end_to_end_the_degrading_mock_drive_is_flagged_and_the_others_are_ok(tmp_path, free_udp_port, free_tcp_port):

@@ -125,6 +125,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Libraries that log every WebHDFS call and every py4j callback at INFO: that would drown the parts' own lines.
+    for noisy in ("hdfs", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:

@@ -41,6 +41,8 @@ class Settings:
     collector_id: str = setting("c1", "Name of this collector; part of every segment name and message id.")
     udp_host: str = setting("127.0.0.1", "Address the collector listens on for UDP datagrams.")
     udp_port: int = setting(3500, "UDP port of the collector.", minimum=0, maximum=65535)
+    collector_processes: int = setting(1, "Receiver processes sharing the UDP port with SO_REUSEPORT (0: one per core).",
+                                       minimum=0, maximum=64)
     udp_rcvbuf_bytes: int = setting(4 * 1024 * 1024, "SO_RCVBUF asked for the collector's socket.", minimum=65536)
     max_datagram_bytes: int = setting(16384, "Larger datagrams are rejected as 'oversized'.", minimum=256, maximum=65507)
     max_clock_skew_s: float = setting(3600.0, "Messages whose ts is further than this in the future are rejected.", minimum=0)

@@ -105,15 +105,43 @@ def garbage_row(service: str, window_start: int) -> dict:
     return row
 
 
-def insert_rows(con, table: str, rows: list[dict]) -> None:
+def insert_table(con, table: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """Insert ``rows`` (dicts holding at least ``columns``) into ``table``."""
     if not rows:
         return
-    data = pa.table({c: [r[c] for r in rows] for c in HEALTH_COLUMNS})
-    con.register("_rows", data)
+    con.register("_rows", pa.table({c: [r[c] for r in rows] for c in columns}))
     try:
-        con.execute(f"INSERT INTO {table} ({', '.join(HEALTH_COLUMNS)}) SELECT {', '.join(HEALTH_COLUMNS)} FROM _rows")
+        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _rows")
     finally:
         con.unregister("_rows")
+
+
+def insert_rows(con, table: str, rows: list[dict]) -> None:
+    insert_table(con, table, HEALTH_COLUMNS, rows)
+
+
+def disk_window_rows(messages: list[dict], window_s: int = W) -> tuple[list[dict], list[dict]]:
+    """``disk_latency_window`` and ``disk_latency_bucket`` rows of disk_latency ``messages``, in plain Python."""
+    windows: dict[tuple, dict] = {}
+    buckets: dict[tuple, int] = {}
+    for m in messages:
+        ws = int(m["ts"] // window_s * window_s)
+        key = (m["host"], m["device"], m["op"])
+        row = windows.setdefault((*key, ws), {"host": m["host"], "device": m["device"], "op": m["op"], "window_start": ws,
+                                              "messages": 0, "count": 0, "sum_us": 0.0, "max_us": 0.0, "sketched_count": 0,
+                                              "source": None, "last_ts": -math.inf})
+        row["messages"] += 1
+        row["count"] += m["count"]
+        row["sum_us"] += m["sum_us"]
+        row["max_us"] = max(row["max_us"], m["max_us"])
+        row["sketched_count"] += m["count"] if m["buckets"] else 0
+        if m["ts"] >= row["last_ts"]:
+            row["source"], row["last_ts"] = m.get("source"), m["ts"]
+        for b, c in m["buckets"]:
+            buckets[(*key, b, ws)] = buckets.get((*key, b, ws), 0) + c
+    bucket_rows = [{"host": h, "device": d, "op": o, "bucket": b, "window_start": ws, "count": c}
+                   for (h, d, o, b, ws), c in buckets.items()]
+    return list(windows.values()), bucket_rows
 
 
 def rollup(con, table: str, unit: int, below: int) -> None:

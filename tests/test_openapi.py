@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import requests
 from apispec_webframeworks.flask import FlaskPlugin
@@ -34,7 +33,7 @@ from healthmon.views import DISK_LATENCY, DISK_LATENCY_BUCKET, REALTIME_VIEW, up
 from serving import openapi
 from serving.app import create_app
 from tests.procs import free_port, stop_process
-from tests.test_merge_rule import insert_rows, make_messages, window_rows
+from tests.test_merge_rule import insert_rows, insert_table, make_messages, window_rows
 from tests.test_serving import build_data, start_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")
@@ -66,14 +65,6 @@ def disk_rows(now: float, seed: int = 5) -> tuple[list[dict], list[dict]]:
     return rows, buckets
 
 
-def insert(con, table: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    con.register("_rows", pa.table({c: [r[c] for r in rows] for c in columns}))
-    try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _rows")
-    finally:
-        con.unregister("_rows")
-
-
 def add_recent_data(views_dir: Path, now: float) -> None:
     """Recent health of ``SERVICES`` and drive latency of ``DRIVES`` in the real-time view."""
     health = window_rows(make_messages(now - RECENT_S, now - 5, services=SERVICES, seed=7, mean_gap=10))
@@ -81,8 +72,8 @@ def add_recent_data(views_dir: Path, now: float) -> None:
 
     def change(con):
         insert_rows(con, "health_window", health)
-        insert(con, DISK_LATENCY.table(), DISK_LATENCY.columns, disks)
-        insert(con, DISK_LATENCY_BUCKET.table(), DISK_LATENCY_BUCKET.columns, buckets)
+        insert_table(con, DISK_LATENCY.table(), DISK_LATENCY.columns, disks)
+        insert_table(con, DISK_LATENCY_BUCKET.table(), DISK_LATENCY_BUCKET.columns, buckets)
 
     update_view(views_dir / REALTIME_VIEW, change)
 

@@ -13,13 +13,11 @@ import json
 import math
 import random
 import subprocess
-from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from healthmon import cli
@@ -29,7 +27,15 @@ from healthmon.schema import HEALTH_METRICS, disk_latency_message
 from healthmon.sketch import LatencySketch
 from healthmon.views import BATCH_VIEW, DISK_LATENCY, DISK_LATENCY_BUCKET, REALTIME_VIEW, update_view
 from tests.procs import HEALTHMON, healthmon_env
-from tests.test_merge_rule import expected_series, make_messages, message, publish_batch, publish_realtime
+from tests.test_merge_rule import (
+    disk_window_rows,
+    expected_series,
+    insert_table,
+    make_messages,
+    message,
+    publish_batch,
+    publish_realtime,
+)
 
 HOUR = 3600
 DAY = date(2024, 1, 1)
@@ -73,39 +79,13 @@ HEALTH_MESSAGES = _health()
 DISK_MESSAGES = _disks()
 
 
-def _disk_rows(messages: list[dict]) -> tuple[list[dict], list[dict]]:
-    """``disk_latency_window`` and ``disk_latency_bucket`` rows of ``messages``, in plain Python."""
-    windows: dict[tuple, dict] = {}
-    buckets: dict[tuple, int] = defaultdict(int)
-    for m in messages:
-        key = (m["host"], m["device"], m["op"], int(m["ts"] // W * W))
-        row = windows.setdefault(key, {"host": key[0], "device": key[1], "op": key[2], "window_start": key[3], "messages": 0,
-                                       "count": 0, "sum_us": 0.0, "max_us": 0.0, "sketched_count": 0, "source": None, "last_ts": 0.0})
-        row["messages"] += 1
-        row["count"] += m["count"]
-        row["sum_us"] += m["sum_us"]
-        row["max_us"] = max(row["max_us"], m["max_us"])
-        row["sketched_count"] += m["count"] if m["buckets"] else 0
-        if m["ts"] >= row["last_ts"]:
-            row["last_ts"], row["source"] = m["ts"], m["source"]
-        for bucket, count in m["buckets"]:
-            buckets[(*key, bucket)] += count
-    bucket_rows = [{"host": h, "device": d, "op": o, "window_start": ws, "bucket": b, "count": c}
-                   for (h, d, o, ws, b), c in buckets.items()]
-    return list(windows.values()), bucket_rows
-
-
 def add_disk_rows(view_path: Path, messages: list[dict], keep) -> None:
     """Add the window and sketch rows of ``messages`` whose window start passes ``keep`` to a published view."""
-    windows, buckets = _disk_rows(messages)
+    windows, buckets = disk_window_rows(messages)
 
     def change(con):
         for spec, rows in ((DISK_LATENCY, windows), (DISK_LATENCY_BUCKET, buckets)):
-            rows = [r for r in rows if keep(r["window_start"])]
-            con.register("_rows", pa.table({c: [r[c] for r in rows] for c in spec.columns}))
-            cols = ", ".join(spec.columns)
-            con.execute(f"INSERT INTO {spec.table()} ({cols}) SELECT {cols} FROM _rows")
-            con.unregister("_rows")
+            insert_table(con, spec.table(), spec.columns, [r for r in rows if keep(r["window_start"])])
 
     update_view(view_path, change)
 

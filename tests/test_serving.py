@@ -67,8 +67,8 @@ def server_env(data_dir: Path, port: int) -> dict[str, str]:
     return {"HEALTHMON_DATA_DIR": str(data_dir), "HEALTHMON_API_PORT": str(port)}
 
 
-def start_server(data_dir: Path, port: int):
-    proc = start_healthmon(["serve"], server_env(data_dir, port))
+def start_server(data_dir: Path, port: int, extra_env: dict[str, str] | None = None):
+    proc = start_healthmon(["serve"], {**server_env(data_dir, port), **(extra_env or {})})
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

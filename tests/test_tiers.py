@@ -16,7 +16,6 @@ import random
 from collections import defaultdict
 
 import duckdb
-import pyarrow as pa
 import pytest
 
 from batch_jobs.retention import TierCutoffs, apply_retention, read_tier_cutoffs
@@ -30,8 +29,10 @@ from serving.params import iso
 from tests.test_merge_rule import (
     assert_series,
     assert_summary,
+    disk_window_rows,
     expected_series,
     expected_summary,
+    insert_table,
     make_messages,
     publish_batch,
     publish_realtime,
@@ -72,45 +73,13 @@ def _disk_messages() -> list[dict]:
 DISK_MESSAGES = _disk_messages()
 
 
-def disk_rows(messages: list[dict]) -> tuple[list[dict], list[dict]]:
-    """disk_latency and disk_latency_bucket window rows of ``messages``, in plain Python."""
-    windows: dict[tuple, dict] = {}
-    buckets: dict[tuple, int] = defaultdict(int)
-    for m in messages:
-        ws = int(m["ts"] // W * W)
-        key = (m["host"], m["device"], m["op"])
-        row = windows.setdefault((*key, ws), {"host": m["host"], "device": m["device"], "op": m["op"], "window_start": ws,
-                                              "messages": 0, "count": 0, "sum_us": 0.0, "max_us": 0.0, "sketched_count": 0,
-                                              "source": None, "last_ts": -math.inf})
-        row["messages"] += 1
-        row["count"] += m["count"]
-        row["sum_us"] += m["sum_us"]
-        row["max_us"] = max(row["max_us"], m["max_us"])
-        row["sketched_count"] += m["count"] if m["buckets"] else 0
-        if m["ts"] >= row["last_ts"]:
-            row["source"], row["last_ts"] = m["source"], m["ts"]
-        for b, c in m["buckets"]:
-            buckets[(*key, b, ws)] += c
-    bucket_rows = [{"host": h, "device": d, "op": o, "bucket": b, "window_start": ws, "count": c}
-                   for (h, d, o, b, ws), c in buckets.items()]
-    return list(windows.values()), bucket_rows
-
-
-def insert(con, table: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    con.register("_rows", pa.table({c: [r[c] for r in rows] for c in columns}))
-    try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _rows")
-    finally:
-        con.unregister("_rows")
-
-
 def publish_disk(views_dir) -> None:
     """Drive-latency windows below the horizon and their rollups into the batch view; the rest into the real-time view."""
-    windows, bucket_rows = disk_rows(DISK_MESSAGES)
+    windows, bucket_rows = disk_window_rows(DISK_MESSAGES)
 
     def batch(con):
         for spec, rows in ((DISK_LATENCY, windows), (DISK_LATENCY_BUCKET, bucket_rows)):
-            insert(con, spec.table(), spec.columns, [r for r in rows if r["window_start"] < HORIZON])
+            insert_table(con, spec.table(), spec.columns, [r for r in rows if r["window_start"] < HORIZON])
             keys = ", ".join(spec.key_names[:-1])
             for grain, unit in (("hour", HOUR), ("day", DAY)):
                 con.execute(
@@ -120,7 +89,7 @@ def publish_disk(views_dir) -> None:
 
     def realtime(con):
         for spec, rows in ((DISK_LATENCY, windows), (DISK_LATENCY_BUCKET, bucket_rows)):
-            insert(con, spec.table(), spec.columns, [r for r in rows if r["window_start"] >= HORIZON])
+            insert_table(con, spec.table(), spec.columns, [r for r in rows if r["window_start"] >= HORIZON])
 
     update_view(views_dir / BATCH_VIEW, batch)
     update_view(views_dir / REALTIME_VIEW, realtime)

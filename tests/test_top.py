@@ -24,16 +24,16 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from healthmon.config import load_settings
 from healthmon.schema import disk_latency_message
 from healthmon.sketch import LatencySketch
 from healthmon.top import duration
 from serving.params import iso
-from tests.procs import HEALTHMON, free_port, healthmon_env, start_healthmon, stop_process, wait_until
+from tests.procs import HEALTHMON, free_port, healthmon_env, stop_process, wait_until
 from tests.test_merge_rule import message
 from tests.test_report import publish_views
+from tests.test_serving import start_server
 
 LAST = {  # service -> (silent for, last cpu, ram, disk)
     "alpha": (1.0, 12.5, 34.0, 56.0),
@@ -62,20 +62,8 @@ def _drive_messages(now: float) -> list[dict]:
 MESSAGE_COUNT = 120
 
 
-def _env(data_dir: Path, port: int) -> dict[str, str]:
-    return {"HEALTHMON_DATA_DIR": str(data_dir), "HEALTHMON_API_PORT": str(port), "HEALTHMON_LIVENESS_STALE_MIN_S": "120"}
-
-
 def _serve(data_dir: Path, port: int):
-    proc = start_healthmon(["serve"], _env(data_dir, port))
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, Path(proc.log_path).read_text()
-        return requests.get(f"{url}/healthz", timeout=1).ok
-
-    wait_until(up, 30, "API up", interval=0.05)
-    return proc, url
+    return start_server(data_dir, port, {"HEALTHMON_LIVENESS_STALE_MIN_S": "120"})
 
 
 @pytest.fixture(scope="module")

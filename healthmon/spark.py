@@ -7,14 +7,68 @@ UI, UTC session time zone, local dirs under the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 
 from healthmon.config import Settings
 
 log = logging.getLogger(__name__)
 
 
+class StartAborted(Exception):
+    """SIGTERM/SIGINT came while a long-lived process was still starting Spark."""
+
+
+@contextlib.contextmanager
+def stop_aborts_start(stop: threading.Event) -> Iterator[None]:
+    """Within: SIGTERM/SIGINT set ``stop`` and raise ``StartAborted`` in the main thread.
+
+    A cold SparkSession takes 7-11 s (more on a busy machine) and a stop must
+    take seconds, so a process that is told to stop while Spark starts gives
+    up the start; the JVM, whose stdin pipe closes with this process, exits too.
+    """
+
+    def abort(_signum, _frame):
+        stop.set()
+        raise StartAborted
+
+    previous = {sig: signal.signal(sig, abort) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def spark_session(settings: Settings, app_name: str):
+    """A SparkSession for ``settings``, started in a helper thread while this one waits.
+
+    So an exception that a signal handler raises in this thread
+    (``stop_aborts_start``) never goes through pyspark or py4j, which would
+    retry the call it interrupts, or remove the file that the starting JVM is
+    about to write its port to (that JVM would then live on, orphaned).
+    """
+    outcome: dict = {}
+
+    def start() -> None:
+        try:
+            outcome["spark"] = _start_session(settings, app_name)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=start, name="spark-start", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["spark"]
+
+
+def _start_session(settings: Settings, app_name: str):
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession

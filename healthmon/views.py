@@ -180,6 +180,9 @@ def update_view(view_path: Path, change: Callable[[duckdb.DuckDBPyConnection], o
     """
     view_path = Path(view_path)
     with writer_lock(view_path):
+        # A copy left by a writer that died mid-change (kill -9): under the lock no live writer has one.
+        for stale in view_path.parent.glob(f".{view_path.name}.*.tmp*"):
+            stale.unlink(missing_ok=True)
         tmp = view_path.with_name(f".{view_path.name}.{uuid.uuid4().hex}.tmp")
         try:
             if view_path.exists() and not fresh:

@@ -17,8 +17,9 @@ Jobs (``--jobs all``, the default, runs both groups; ``--jobs batch`` or
   and retention (``batch_jobs.retention``) every ``retention_interval_s``.
 
 Every job runs at most once at a time (``max_instances=1``; missed runs are
-coalesced).  SIGTERM/SIGINT let a running build or evaluation finish, stop
-the notifier (after the delivery in flight), then stop.
+coalesced).  SIGTERM/SIGINT cancel a running build (it publishes nothing;
+the next run builds again), let a running evaluation finish, stop the
+notifier (after the delivery in flight), then stop.
 """
 
 from __future__ import annotations
@@ -121,18 +122,27 @@ def run(settings: Settings, jobs: str = "all") -> int:
             log.info("scheduler: alert rules from %s evaluated every %ss", settings.alert_rules_path, settings.alert_eval_interval_s)
         scheduler.start()
         if jobs in ("all", "batch") and not stop.is_set():
-            from healthmon.spark import spark_session
+            from healthmon.spark import StartAborted, spark_session, stop_aborts_start
 
-            spark = spark_session(settings, "healthmon-scheduler")
-            add_batch_jobs(scheduler, settings, spark)
-            log.info("scheduler: batch build every %ss", settings.batch_interval_s)
+            try:
+                with stop_aborts_start(stop):
+                    spark = spark_session(settings, "healthmon-scheduler")
+            except StartAborted:
+                log.info("scheduler: stopped while Spark was starting")
+            if not stop.is_set():
+                add_batch_jobs(scheduler, settings, spark)
+                log.info("scheduler: batch build every %ss", settings.batch_interval_s)
         stop.wait()
     finally:
-        log.info("scheduler: stopping (waiting for running jobs)")
+        log.info("scheduler: stopping (waiting for running jobs; a running batch build is cancelled)")
+        if scheduler.running:
+            scheduler.pause()  # no new run starts
+        if spark is not None:
+            # A build can take minutes, and a stop must take seconds: stopping Spark fails the build's next Spark call, so
+            # it publishes nothing (the previous view stays served) and is recorded as failed; the next run builds again.
+            spark.stop()
         if scheduler.running:
             scheduler.shutdown(wait=True)
         if alerts is not None:
             alerts.close()
-        if spark is not None:
-            spark.stop()
     return 0

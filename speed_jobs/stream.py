@@ -126,7 +126,7 @@ def run(settings: Settings) -> int:
     checkpoints and the micro-batch ids committed with the view make the
     restart exact.
     """
-    from healthmon.spark import spark_session
+    from healthmon.spark import StartAborted, spark_session, stop_aborts_start
 
     stop = threading.Event()
 
@@ -136,7 +136,12 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    spark = spark_session(settings, "healthmon-speed")
+    try:
+        with stop_aborts_start(stop):
+            spark = spark_session(settings, "healthmon-speed")
+    except StartAborted:
+        log.info("speed job: stopped while Spark was starting")
+        return 0
     streams: dict = {}
     restarts, delay = 0, 1.0
     try:

@@ -229,14 +229,16 @@ SHORT_DURATIONS = {  # the bundled rules with these `over` and `for`: the spike 
     "HighMemory": {"over": "6s", "for": "5s"},
     "DiskAlmostFull": {"over": "6s", "for": "5s"},
     "DriveLatencyDegraded": {"for": "5s"},
-    "ServiceStale": {"for": "4s"},  # a steady service would need a 12 s stall of the pipeline to raise it
+    "ServiceStale": {"for": "4s"},  # a steady service would need a 16 s stall of the pipeline to raise it
 }
 PIPELINE_ENV = {
     "HEALTHMON_SEGMENT_MAX_SECONDS": "0.2",
     "HEALTHMON_WINDOW_S": "2",  # rules average over 2 s windows
     "HEALTHMON_ALERT_EVAL_INTERVAL_S": "1",
-    "HEALTHMON_LIVENESS_STALE_MIN_S": "8",  # the silence lasts 30 s: stale after 8 s, missing after 16 s
-    "HEALTHMON_LIVENESS_MISSING_S": "16",
+    # The silence lasts 30 s: stale after 12 s, missing after 24 s (2 x stale).  The floor is above the pipeline's
+    # own delay on a loaded 2-core machine (up to ~10 s measured), so a steady service never looks stale.
+    "HEALTHMON_LIVENESS_STALE_MIN_S": "12",
+    "HEALTHMON_LIVENESS_MISSING_S": "20",
     "HEALTHMON_DISK_RECENT_S": "60",
     "HEALTHMON_DISK_BASELINE_S": "60",
 }

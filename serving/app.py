@@ -201,17 +201,22 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             "services": out,
         }
 
+    def series_plan(con, frm: float, to: float, lo: int, hi: int):
+        """(step asked or None, horizon, tier span, step used, first bucket, buckets) of a series request."""
+        raw_step = request.args.get("step")
+        requested = parse_step(raw_step) if raw_step is not None else None
+        horizon = queries.horizon(con)
+        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
+        step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
+        return requested, horizon, span, step, first, n
+
     @app.get(f"{API}/services/<name>/series")
     def series(name: str):
         frm, to, lo, hi = range_args(("step",))
         if not NAME_RE.match(name):
             raise not_found(f"unknown service {name[:60]!r}")
-        raw_step = request.args.get("step")
-        requested = parse_step(raw_step) if raw_step is not None else None
         con = connection()
-        horizon = queries.horizon(con)
-        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
-        step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
+        requested, horizon, span, step, first, n = series_plan(con, frm, to, lo, hi)
         rows = queries.series(con, name, span.lo, span.hi, step, horizon)
         if not rows and not queries.service_exists(con, name, horizon):
             raise not_found(f"unknown service {name!r}")
@@ -301,12 +306,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             raise bad_parameter(f"op={op[:20]!r}: must be read or write")
         if not (NAME_RE.match(host) and NAME_RE.match(device)):
             raise not_found(f"unknown device {host[:60]!r}/{device[:60]!r}")
-        raw_step = request.args.get("step")
-        requested = parse_step(raw_step) if raw_step is not None else None
         con = connection()
-        horizon = queries.horizon(con)
-        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
-        step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
+        requested, horizon, span, step, first, n = series_plan(con, frm, to, lo, hi)
         totals, sketches = queries.disk_latency(con, host, device, op, span.lo, span.hi, step, horizon)
         if not totals and not queries.disk_exists(con, host, device, horizon):
             raise not_found(f"unknown device {host!r}/{device!r}")

@@ -26,6 +26,7 @@ import fcntl
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -172,14 +173,18 @@ def writer_lock(view_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def update_view(view_path: Path, change: Callable[[duckdb.DuckDBPyConnection], object], *, fresh: bool = False):
+def update_view(view_path: Path, change: Callable[[duckdb.DuckDBPyConnection], object], *, fresh: bool = False,
+                timings: dict | None = None):
     """Apply ``change`` to a copy of the view (or to a new file if ``fresh``) and publish it atomically.
 
     Returns what ``change`` returns.  If ``change`` raises, the published view is
-    untouched and the copy is removed.
+    untouched and the copy is removed.  ``timings``, if given, receives the
+    seconds each step took (lock, copy, change, checkpoint, publish) and ``bytes``.
     """
     view_path = Path(view_path)
+    mark = _Stopwatch(timings)
     with writer_lock(view_path):
+        mark("lock")
         # A copy left by a writer that died mid-change (kill -9): under the lock no live writer has one.
         for stale in view_path.parent.glob(f".{view_path.name}.*.tmp*"):
             stale.unlink(missing_ok=True)
@@ -187,20 +192,41 @@ def update_view(view_path: Path, change: Callable[[duckdb.DuckDBPyConnection], o
         try:
             if view_path.exists() and not fresh:
                 shutil.copyfile(view_path, tmp)
+            mark("copy")
             con = duckdb.connect(str(tmp))
             try:
                 create_schema(con)
                 result = change(con)
+                mark("change")
                 con.execute("CHECKPOINT")
             finally:
                 con.close()
+            mark("checkpoint")
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+                size = os.fstat(fh.fileno()).st_size
             os.replace(tmp, view_path)
+            mark("publish")
+            if timings is not None:
+                timings["bytes"] = size
             return result
         finally:
             for leftover in (tmp, Path(f"{tmp}.wal")):
                 leftover.unlink(missing_ok=True)
+
+
+class _Stopwatch:
+    """Calling it with a step name records the seconds since the previous call into ``timings`` (if not None)."""
+
+    def __init__(self, timings: dict | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[step] = now - self.last
+            self.last = now
 
 
 def read_horizon(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> int:
@@ -256,25 +282,40 @@ class ViewReader:
                 self._all.append(local.con)
         for alias, name in self.ALIASES:
             path = self.views_dir / name
-            try:
-                st = path.stat()
-                inode = (st.st_ino, st.st_mtime_ns)
-            except FileNotFoundError:
-                inode = None
-            if alias in local.inodes and local.inodes[alias] == inode:
-                continue
-            if alias in local.inodes:
-                # Forget the old state first: if the ATTACH below fails (a damaged file), the next call
-                # must not DETACH an alias that is no longer attached, and retries the ATTACH instead.
-                del local.inodes[alias]
-                local.con.execute(f"DETACH DATABASE IF EXISTS {alias}")
-            if inode is None:
-                local.con.execute(f"ATTACH ':memory:' AS {alias}")
-                create_schema(local.con, alias)
-            else:
-                local.con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
-            local.inodes[alias] = inode
+            inode = self._file_identity(path)
+            while alias not in local.inodes or local.inodes[alias] != inode:
+                if alias in local.inodes:
+                    # Forget the old state first: if the ATTACH below fails (a damaged file), the next call
+                    # must not DETACH an alias that is no longer attached, and retries the ATTACH instead.
+                    del local.inodes[alias]
+                    local.con.execute(f"DETACH DATABASE IF EXISTS {alias}")
+                if inode is None:
+                    local.con.execute(f"ATTACH ':memory:' AS {alias}")
+                    create_schema(local.con, alias)
+                else:
+                    local.con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
+                local.inodes[alias] = inode
+                # A file published between the stat and the ATTACH: attach again, so that identity() names what is attached.
+                inode = self._file_identity(path)
         return local.con
+
+    def identity(self, alias: str) -> tuple[int, ...] | None:
+        """(device, inode, size, mtime_ns, ctime_ns) of the file attached as ``alias`` here (this thread); None: the empty stand-in.
+
+        A published file never changes, so this names its content: caches of
+        answers from the batch view key on it (``serving.queries.BatchCache``).
+        """
+        return self._local.inodes[alias]
+
+    @staticmethod
+    def _file_identity(path: Path) -> tuple[int, ...] | None:
+        # Inode numbers are reused as soon as a replaced file is gone, and timestamps are as coarse as the kernel's tick:
+        # together with the size and the ctime (which the publishing rename sets) two publications never share all five.
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def close_all(self) -> None:
         """Close every thread's connection (once those threads are stopped).

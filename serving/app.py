@@ -103,6 +103,23 @@ def _num(value):
     return value if math.isfinite(value) else None
 
 
+EMPTY_METRICS = {m: {"avg": None, "min": None, "max": None} for m in HEALTH_METRICS}
+
+
+def series_point(start: int, row: dict | None) -> bytes:
+    """One point of a series answer as JSON: the bucket starting at ``start`` with its merged ``row`` (None: no windows)."""
+    point = {"start": iso(start), "ts": start}
+    if row is None:
+        point["count"] = 0
+        point.update(EMPTY_METRICS)
+    else:
+        count = row["count"]
+        point["count"] = count
+        for m in HEALTH_METRICS:
+            point[m] = {"avg": _avg(row[f"{m}_sum"], count), "min": _num(row[f"{m}_min"]), "max": _num(row[f"{m}_max"])}
+    return orjson.dumps(point)
+
+
 def range_fields(frm: float, to: float, step: int, horizon: int, requested: int | None = None) -> dict:
     """The range part of a series answer: step (used and asked), from/to (ISO and epoch) and the horizon."""
     return {
@@ -129,10 +146,16 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
     app.config["HEALTHMON_SETTINGS"] = settings
     reader = ViewReader(settings.views_dir)
     app.extensions["healthmon.reader"] = reader
+    batch_cache = queries.BatchCache()
+    app.extensions["healthmon.batch_cache"] = batch_cache
     register_error_handlers(app)
 
     def connection():
         return reader.connection()
+
+    def views() -> queries.Snapshot:
+        con = connection()
+        return queries.snapshot(con, batch_cache, reader.identity("b"), reader.identity("rt"), settings.window_s)
 
     registry, request_latency = make_registry(settings, connection, clock)
 
@@ -182,64 +205,93 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
     def summary():
         frm, to, lo, hi = range_args(("service",))
         service = parse_service(request.args.get("service"))
-        con = connection()
-        horizon = queries.horizon(con)
-        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
-        rows = queries.summary(con, span.lo, span.hi, horizon, service)
-        if service is not None and not rows and not queries.service_exists(con, service, horizon):
+        snap = views()
+        horizon = snap.horizon
+        span = queries.tier_span(lo, hi, snap.cutoffs)
+        normalized = snap.normalized(span.lo, span.hi)
+
+        def render_services() -> tuple[bytes, int]:
+            out = []
+            for r in queries.summary_cached(snap, span.lo, span.hi, service):
+                item = {"service": r["service"], "count": r["count"], "last_seen": iso(r["last_ts"])}
+                for m in HEALTH_METRICS:
+                    item[m] = {"avg": _avg(r[f"{m}_sum"], r["count"]), "max": _num(r[f"{m}_max"])}
+                out.append(item)
+            rendered = orjson.dumps(out)
+            return rendered, len(rendered) + 100
+
+        # The whole list depends on both files and the range only: cached by them (queries.BatchCache).
+        services = snap.cache.get((snap.batch_id, snap.realtime_key(normalized[1]), "summary answer", *normalized, service),
+                                  render_services)
+        if service is not None and services == b"[]" and not queries.service_exists(snap.con, service, horizon):
             raise not_found(f"unknown service {service!r}")
-        out = []
-        for r in rows:
-            item = {"service": r["service"], "count": r["count"], "last_seen": iso(r["last_ts"])}
-            for m in HEALTH_METRICS:
-                item[m] = {"avg": _avg(r[f"{m}_sum"], r["count"]), "max": _num(r[f"{m}_max"])}
-            out.append(item)
         return {
             "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
             "horizon": iso(horizon) if horizon else None,
             **tier_fields(span, frm, to, lo, hi),
-            "services": out,
+            "services": orjson.Fragment(services),
         }
 
-    def series_plan(con, frm: float, to: float, lo: int, hi: int):
+    def series_plan(snap: queries.Snapshot, frm: float, to: float, lo: int, hi: int):
         """(step asked or None, horizon, tier span, step used, first bucket, buckets) of a series request."""
         raw_step = request.args.get("step")
         requested = parse_step(raw_step) if raw_step is not None else None
-        horizon = queries.horizon(con)
-        span = queries.tier_span(lo, hi, queries.tier_cutoffs(con))
+        span = queries.tier_span(lo, hi, snap.cutoffs)
         step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
-        return requested, horizon, span, step, first, n
+        return requested, snap.horizon, span, step, first, n
 
     @app.get(f"{API}/services/<name>/series")
     def series(name: str):
         frm, to, lo, hi = range_args(("step",))
         if not NAME_RE.match(name):
             raise not_found(f"unknown service {name[:60]!r}")
-        con = connection()
-        requested, horizon, span, step, first, n = series_plan(con, frm, to, lo, hi)
-        rows = queries.series(con, name, span.lo, span.hi, step, horizon)
-        if not rows and not queries.service_exists(con, name, horizon):
+        snap = views()
+        requested, horizon, span, step, first, n = series_plan(snap, frm, to, lo, hi)
+        points, found = series_points(snap, name, span.lo, span.hi, step, first, first + n * step)
+        if not found and not queries.service_exists(snap.con, name, horizon):
             raise not_found(f"unknown service {name!r}")
-        by_bucket = {r["bucket"]: r for r in rows}
-        empty = {m: {"avg": None, "min": None, "max": None} for m in HEALTH_METRICS}
-        points = []
-        for i in range(n):
-            start = first + i * step
-            r = by_bucket.get(start)
-            point = {"start": iso(start), "ts": start}
-            if r is None:
-                point["count"] = 0
-                point.update(empty)
-            else:
-                count = r["count"]
-                point["count"] = count
-                for m in HEALTH_METRICS:
-                    point[m] = {"avg": _avg(r[f"{m}_sum"], count), "min": _num(r[f"{m}_min"]), "max": _num(r[f"{m}_max"])}
-            points.append(point)
         return {
             "service": name, **range_fields(frm, to, step, horizon, requested),
-            **tier_fields(span, frm, to, lo, hi), "points": points,
+            **tier_fields(span, frm, to, lo, hi), "points": orjson.Fragment(b"[" + b",".join(points) + b"]"),
         }
+
+    def series_points(snap: queries.Snapshot, name: str, lo: int, hi: int, step: int, first: int, end: int) -> tuple[list[bytes], bool]:
+        """The JSON points of the buckets ``first, first + step, ... < end`` over windows in ``[lo, hi)``; whether any window was found.
+
+        Whole buckets below the horizon come from a cached run of rendered
+        points that starts on a multiple of ``SERIES_CHUNK_STEPS`` steps (a
+        rolling range reuses it); the partial first bucket and the buckets
+        from the horizon on are read from the cache too (``queries.series_tail``)
+        and rendered afresh.
+        """
+        h = snap.horizon
+        lo, hi = snap.normalized(lo, hi)
+        a, e = queries.cached_part(lo, hi, h, step)
+        e = min(e, end)
+        if a >= e:  # no whole bucket below the horizon: one query, kept by both files
+            rows = snap.cache.get((snap.batch_id, snap.realtime_key(hi), "series", name, step, lo, hi),
+                                  lambda: (queries.series(snap.con, name, lo, hi, step, h), 200 + 300 * (hi - lo) // step))
+            (points, _), _ = render(rows, range(first, end, step))
+            return points, bool(rows)
+        chunk = step * queries.SERIES_CHUNK_STEPS
+        run_start = a // chunk * chunk
+        rendered, counts = snap.cache.get(
+            (snap.batch_id, "series run", name, step, run_start, e),
+            lambda: render(queries.series(snap.con, name, run_start, e, step, h), range(run_start, e, step)),
+        )
+        i, j = (a - run_start) // step, (e - run_start) // step
+        head = queries.series_tail(snap, name, lo, a, step) if lo < a else []
+        tail = queries.series_tail(snap, name, e, hi, step) if e < hi else []
+        (head_points, _), _ = render(head, range(first, a, step))
+        (tail_points, _), _ = render(tail, range(e, end, step))
+        return [*head_points, *rendered[i:j], *tail_points], bool(head or tail) or any(counts[i:j])
+
+    def render(rows: list[dict], starts: range) -> tuple[tuple[list[bytes], list[int]], int]:
+        """((JSON points, counts) of the buckets ``starts`` from series rows, size in bytes)."""
+        by_bucket = {r["bucket"]: r for r in rows}
+        points = [series_point(start, by_bucket.get(start)) for start in starts]
+        counts = [by_bucket[start]["count"] if start in by_bucket else 0 for start in starts]
+        return (points, counts), sum(map(len, points)) + 100 * len(points)
 
     @app.get(f"{API}/pipeline")
     def pipeline():
@@ -306,8 +358,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             raise bad_parameter(f"op={op[:20]!r}: must be read or write")
         if not (NAME_RE.match(host) and NAME_RE.match(device)):
             raise not_found(f"unknown device {host[:60]!r}/{device[:60]!r}")
-        con = connection()
-        requested, horizon, span, step, first, n = series_plan(con, frm, to, lo, hi)
+        snap = views()
+        con = snap.con
+        requested, horizon, span, step, first, n = series_plan(snap, frm, to, lo, hi)
         totals, sketches = queries.disk_latency(con, host, device, op, span.lo, span.hi, step, horizon)
         if not totals and not queries.disk_exists(con, host, device, horizon):
             raise not_found(f"unknown device {host!r}/{device!r}")

@@ -30,23 +30,42 @@ are kept for different times.  :func:`tier_span` rounds a range that starts
 where a finer tier is gone out to whole hours (or days) there, and gives the
 finest step that still has whole buckets, so no answer mixes a rollup with
 missing windows.
+
+Caching (``BatchCache``): a published view file never changes, so an answer
+computed from given files can be kept, keyed by their identities
+(``ViewReader.identity``: inode and mtime; every publication is a new file
+with a new identity), and is never stale.  :class:`Snapshot` holds what a
+request reads; ``Snapshot.normalized`` first rounds a range to the windows
+it really holds (so "the last 7 days" asked every second is one key for a
+minute).  The parts below the horizon are keyed by the batch file alone;
+the parts that read the real-time view by both files (the real-time part of
+series for every service at once: one query per real-time publication).
+Each part is computed with :func:`plan` over disjoint windows and merged
+like any two sets of windows, so the merge rule and the counts are exactly
+those of the uncached functions (:func:`summary`, :func:`series`).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import duckdb
 
 from batch_jobs.retention import TierCutoffs, read_tier_cutoffs
 from healthmon.schema import HEALTH_METRICS
-from healthmon.views import read_horizon
+from healthmon.views import HEALTH, read_horizon
 
 HOUR = 3600
 DAY = 86400
 END_OF_TIME = 1 << 62  # "no upper bound" for all-time queries
 
-
+CACHE_MAX_BYTES = 256 * 2**20
+"""Most bytes of batch-view answers one API process keeps: about the 5-minute series over 7 days of 400 services."""
+SERIES_CHUNK_STEPS = 96
+"""A cached run of series buckets starts on a multiple of this many steps: a rolling range reuses it for 96 steps."""
 
 def family_tables(family: str) -> tuple[str, str, str, str]:
     """The batch window, hour and day tables and the real-time window table of a table family."""
@@ -66,6 +85,101 @@ def horizon(con: duckdb.DuckDBPyConnection) -> int:
 def tier_cutoffs(con: duckdb.DuckDBPyConnection) -> TierCutoffs:
     """The tier cutoffs retention has applied to the batch view (zeros: nothing deleted yet)."""
     return read_tier_cutoffs(con, "b")
+
+
+class BatchCache:
+    """A thread-safe LRU, bounded in bytes, of answers computed from the batch view file alone.
+
+    Every key starts with the file's identity (``ViewReader.identity``), so
+    an entry is never stale: once a build publishes a new file, the old
+    file's entries are never asked for again and age out.
+    """
+
+    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], tuple[object, int]]):
+        """The value of ``key``; on a miss ``compute()`` gives ``(value, size in bytes)`` and it is kept."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry[0]
+            self.misses += 1
+        value, size = compute()  # outside the lock: two threads may compute one key, both right
+        with self._lock:
+            if key not in self._entries and size <= self.max_bytes:
+                self._entries[key] = (value, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (_, dropped) = self._entries.popitem(last=False)
+                    self._bytes -= dropped
+        return value
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The views as one request reads them: the connection, the files' identities and what the cache keys on.
+
+    ``batch_step`` (``realtime_step``): every health window of the batch
+    (real-time) view starts on a multiple of it (1 if not: no promise);
+    ``realtime_end``: one past the newest real-time health window start.
+    """
+
+    con: duckdb.DuckDBPyConnection
+    cache: BatchCache
+    batch_id: Hashable
+    realtime_id: Hashable
+    horizon: int
+    cutoffs: TierCutoffs
+    batch_step: int
+    realtime_step: int
+    realtime_end: int
+
+    def normalized(self, lo: int, hi: int) -> tuple[int, int]:
+        """A range that holds exactly the windows of ``[lo, hi)`` that the merge rule reads, rounded so that rolling ranges share it.
+
+        ``lo`` goes up to the next window start, ``hi`` down to one past the
+        newest real-time window (but not below the horizon), so a "last 7
+        days" asked every second names one range for a minute.
+        """
+        h = self.horizon
+        lo = _ceil_to(lo, self.batch_step if lo < h else self.realtime_step)
+        if hi > h:
+            return lo, max(h, min(_ceil_to(hi, self.realtime_step), self.realtime_end))
+        return lo, _ceil_to(hi, self.batch_step)
+
+    def realtime_key(self, hi: int) -> Hashable:
+        """What a cached answer over a range ending at ``hi`` depends on besides the batch file: the real-time file if it is read."""
+        return self.realtime_id if hi > self.horizon else None
+
+
+def snapshot(con: duckdb.DuckDBPyConnection, cache: BatchCache, batch_id: Hashable, realtime_id: Hashable, window_s: int) -> Snapshot:
+    """The :class:`Snapshot` of the views attached to ``con`` with these identities (``ViewReader.identity``)."""
+
+    def misaligned(catalog: str) -> str:
+        return f"count(*) FILTER (WHERE window_start % {int(window_s)} <> 0) FROM {catalog}.{HEALTH.table()}"
+
+    def batch() -> tuple[tuple[int, TierCutoffs, int], int]:
+        (odd,) = con.execute(f"SELECT {misaligned('b')}").fetchone()
+        return (horizon(con), tier_cutoffs(con), 1 if odd else window_s), 200
+
+    def realtime() -> tuple[tuple[int, int], int]:
+        last, odd = con.execute(f"SELECT max(window_start), {misaligned('rt')}").fetchone()
+        return (0 if last is None else last + 1, 1 if odd else window_s), 100
+
+    h, cutoffs, batch_step = cache.get((batch_id, "batch facts", window_s), batch)
+    realtime_end, realtime_step = cache.get((realtime_id, "real-time facts", window_s), realtime)
+    return Snapshot(con, cache, batch_id, realtime_id, h, cutoffs, batch_step, realtime_step, max(h, realtime_end))
 
 
 @dataclass(frozen=True)
@@ -197,7 +311,10 @@ def summary(con: duckdb.DuckDBPyConnection, lo: int, hi: int, horizon_ts: int, s
 
     Each row: ``service``, ``count``, ``<metric>_sum``, ``<metric>_max``, ``last_ts``; sorted by service.
     """
-    segments = plan(lo, hi, horizon_ts)
+    return _summary_rows(con, plan(lo, hi, horizon_ts), service)
+
+
+def _summary_rows(con: duckdb.DuckDBPyConnection, segments: list[Segment], service: str | None) -> list[dict]:
     if not segments:
         return []
     union, params = _union(segments, _columns(SUMMARY_AGGS), service)
@@ -208,6 +325,46 @@ def summary(con: duckdb.DuckDBPyConnection, lo: int, hi: int, horizon_ts: int, s
     return _dicts(con.execute(sql, params))
 
 
+def cached_part(lo: int, hi: int, horizon_ts: int, align: int) -> tuple[int, int]:
+    """``(a, e)``: the part of ``[lo, hi)`` below the horizon cut to multiples of ``align``; empty (``a >= e``) if none."""
+    return _ceil_to(lo, align), _floor_to(min(hi, horizon_ts), align)
+
+
+_MERGE_OF = {column: merge for column, _, merge in HEALTH.aggs}
+
+
+def _merge_row(x: dict, y: dict) -> dict:
+    """Two rows of merged aggregates of the same group merged (as ``_merge_list``; SQL NULL is no value)."""
+    out = dict(x)
+    for column, b in y.items():
+        a = out.get(column)
+        if a is None or column not in _MERGE_OF:
+            out[column] = b
+        elif b is not None:
+            merge = _MERGE_OF[column]
+            out[column] = a + b if merge == "sum" else min(a, b) if merge == "min" else max(a, b)
+    return out
+
+
+def summary_cached(snap: Snapshot, lo: int, hi: int, service: str | None = None) -> list[dict]:
+    """:func:`summary` from the cache: the part below the horizon keyed by the batch file, the rest by both files."""
+    con, h = snap.con, snap.horizon
+    lo, hi = snap.normalized(lo, hi)
+    mid = max(lo, min(hi, h))
+
+    def part(a: int, e: int) -> Callable[[], tuple[dict[str, dict], int]]:
+        def compute() -> tuple[dict[str, dict], int]:
+            rows = summary(con, a, e, h, service)
+            return {r["service"]: r for r in rows}, 400 + 600 * len(rows)
+        return compute
+
+    merged = dict(snap.cache.get((snap.batch_id, "summary", lo, mid, service), part(lo, mid)))
+    if mid < hi:
+        for name, row in snap.cache.get((snap.batch_id, snap.realtime_key(hi), "summary", mid, hi, service), part(mid, hi)).items():
+            merged[name] = _merge_row(merged[name], row) if name in merged else row
+    return [merged[name] for name in sorted(merged)]
+
+
 def series(con: duckdb.DuckDBPyConnection, service: str, lo: int, hi: int, step: int, horizon_ts: int) -> list[dict]:
     """Merged aggregates of one service per bucket ``bucket = window_start // step * step``, windows in ``[lo, hi)``.
 
@@ -215,16 +372,49 @@ def series(con: duckdb.DuckDBPyConnection, service: str, lo: int, hi: int, step:
     ``count``, ``<metric>_sum|min|max``, ``last_ts``.  Filling empty buckets is
     the caller's business.
     """
-    segments = plan(lo, hi, horizon_ts, step)
+    return series_rows(con, service, plan(lo, hi, horizon_ts, step), step)
+
+
+def series_rows(con: duckdb.DuckDBPyConnection, service: str | None, segments: list[Segment], step: int) -> list[dict]:
+    """:func:`series` over the windows of ``segments`` (from :func:`plan`); ``service`` None: of every service (rows with ``service``)."""
     if not segments:
         return []
     union, params = _union(segments, _columns(SERIES_AGGS), service)
     step = int(step)
+    keys = "bucket" if service is not None else "service, bucket"
     sql = (
-        f"SELECT window_start // {step} * {step} AS bucket, {_merge_list(SERIES_AGGS)} FROM ({union}) "
-        "GROUP BY bucket ORDER BY bucket"
+        f"SELECT {'' if service is not None else 'service, '}window_start // {step} * {step} AS bucket, {_merge_list(SERIES_AGGS)} "
+        f"FROM ({union}) GROUP BY {keys} ORDER BY {keys}"
     )
     return _dicts(con.execute(sql, params))
+
+
+def series_tail(snap: Snapshot, service: str, lo: int, hi: int, step: int) -> list[dict]:
+    """:func:`series` over ``[lo, hi)`` with ``lo`` below the horizon, from the cache.
+
+    The part below the horizon is kept per service by the batch file; the
+    real-time part is read for every service at once and kept by both files,
+    so one query per real-time publish serves every service's series.
+    """
+    con, h = snap.con, snap.horizon
+    mid = min(hi, h)
+    by_bucket: dict[int, dict] = {}
+    if lo < mid:
+        rows = snap.cache.get((snap.batch_id, "series", service, step, lo, mid),
+                              lambda: (series(con, service, lo, mid, step, h), 200 + 300 * (mid - lo) // step))
+        by_bucket = {r["bucket"]: r for r in rows}
+    if mid < hi:
+        def every_service() -> tuple[dict[str, list[dict]], int]:
+            out: dict[str, list[dict]] = {}
+            for row in series_rows(con, None, plan(mid, hi, h, step), step):
+                out.setdefault(row.pop("service"), []).append(row)
+            return out, 200 + 300 * sum(map(len, out.values()))
+
+        realtime = snap.cache.get((snap.batch_id, snap.realtime_id, "series, every service", step, mid, hi), every_service)
+        for row in realtime.get(service, ()):
+            bucket = row["bucket"]
+            by_bucket[bucket] = _merge_row(by_bucket[bucket], row) if bucket in by_bucket else row
+    return [by_bucket[b] for b in sorted(by_bucket)]
 
 
 def services(con: duckdb.DuckDBPyConnection, horizon_ts: int) -> list[dict]:

@@ -341,3 +341,46 @@ def test_api_server_in_a_thread(tmp_path, free_tcp_port):
         server.stop(wait=5)
     thread.join(5)
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------- the answer cache (serving.queries.BatchCache)
+
+
+def test_cached_answers_stay_exact_across_publishes(tmp_path):
+    """Answers from the cache follow every publish: a rebuilt hour below the horizon, new real-time rows, a moved horizon."""
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    views = settings.views_dir
+    frm, to = S0 + 600 + 17, END + 600  # a range that does not start on a window: the first bucket is partial
+    app = create_app(settings, clock=lambda: to)
+    client = app.test_client()
+    cache = app.extensions["healthmon.batch_cache"]
+
+    def answers() -> list[dict]:
+        out = [client.get("/api/v1/summary", query_string={"from": frm, "to": to}).get_json()]
+        for step in ("60s", "5m", "1h"):
+            out.append(client.get("/api/v1/services/alpha/series", query_string={"from": frm, "to": to, "step": step}).get_json())
+        return out
+
+    def check(messages: list[dict]) -> list[dict]:
+        got = answers()
+        assert_summary(got[0], expected_summary(messages, frm, to))
+        for answer, step in zip(got[1:], (60, 300, 3600), strict=True):
+            assert_series(answer, expected_series(messages, "alpha", frm, to, step))
+        return got
+
+    publish_batch(views, MESSAGES, HORIZON)
+    publish_realtime(views, MESSAGES, HORIZON)
+    before = check(MESSAGES)
+    hits = cache.hits
+    assert check(MESSAGES) == before and cache.hits > hits  # the second time from the cache
+    # A late message in an hour below the horizon (the build rebuilds that hour) and a new one in the real-time part.
+    late = [message("alpha", S0 + HOUR + 30, 99.0), message("alpha", END + 5, 1.0)]
+    publish_batch(views, MESSAGES + late, HORIZON)
+    publish_realtime(views, MESSAGES + late, HORIZON)
+    after = check(MESSAGES + late)
+    assert after[0] != before[0] and after[2] != before[2]
+    # The horizon moves up an hour; the real-time rows below it are expired afterwards: still exact.
+    publish_batch(views, MESSAGES + late, HORIZON + HOUR)
+    assert check(MESSAGES + late)[0]["horizon"] == iso(HORIZON + HOUR)
+    publish_realtime(views, MESSAGES + late, HORIZON + HOUR)
+    check(MESSAGES + late)

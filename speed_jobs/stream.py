@@ -12,6 +12,12 @@ Exactly once: each query's micro-batch id is committed in ``speed_progress``
 aggregates, so a micro-batch that Spark replays after a crash is recognised
 and skipped.  Each micro-batch also drops rows below the current horizon (the
 batch view covers them).
+
+``state/speed.json`` keeps, per stream, the timings of the last
+``RECENT_BATCHES`` micro-batches: Spark's own phases (``spark_ms``, from a
+query listener), the ``foreachBatch`` steps (``foreach_s``: aggregate, then
+the view update's lock, copy, change, checkpoint, publish) and the size of
+the published view (``bench/freshness.py`` reads them).
 """
 
 from __future__ import annotations
@@ -27,15 +33,30 @@ from healthmon.config import Settings
 from healthmon.landing import landing_for, raw_dir
 from healthmon.schema import spark_schema
 from healthmon.state import write_state
-from healthmon.views import AGG_TABLES, BATCH_VIEW, REALTIME_VIEW, AggTable, read_view_horizon, update_view
+from healthmon.views import AGG_TABLES, BATCH_VIEW, REALTIME_VIEW, VIEWED_TYPES, AggTable, read_view_horizon, update_view
 
 log = logging.getLogger(__name__)
 
 MAX_RESTART_DELAY_S = 30.0
+RECENT_BATCHES = 20
+"""Micro-batches per stream whose timings ``state/speed.json`` keeps (``recent_batches``, newest last)."""
+STREAMING_CONF = {
+    # A micro-batch holds 0.5 s of messages: a few hundred (service, window) groups, one reduce task is plenty.
+    # Spark keeps the value of a query's first start in its checkpoint (a new checkpoint takes this one).
+    "spark.sql.shuffle.partitions": "1",
+    # The file source lists a micro-batch's files again in getBatch; above 32 files (a backlog after a pause)
+    # Spark runs that listing as a distributed job, which took 2-12 s per micro-batch here instead of ~50 ms.
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "1000000",
+}
+"""Session settings of the streaming queries, applied before they start."""
 
 
-def apply_micro_batch(settings: Settings, tables: list[tuple[AggTable, object]], batch_id: int, stream: str = "health") -> dict:
-    """Upsert one micro-batch's aggregates (an Arrow table per view table family) into the real-time view, once."""
+def apply_micro_batch(settings: Settings, tables: list[tuple[AggTable, object]], batch_id: int, stream: str = "health",
+                      timings: dict | None = None) -> dict:
+    """Upsert one micro-batch's aggregates (an Arrow table per view table family) into the real-time view, once.
+
+    ``timings``: see ``update_view``.
+    """
     first_spec, first = tables[0]
     input_rows = pc.sum(first[first_spec.message_count]).as_py() or 0
     max_event_ts = pc.max(first["last_ts"]).as_py()
@@ -59,7 +80,7 @@ def apply_micro_batch(settings: Settings, tables: list[tuple[AggTable, object]],
         )
         return {"batch_id": batch_id, "skipped": False, "input_rows": input_rows, "max_event_ts": max_event_ts}
 
-    return update_view(settings.views_dir / REALTIME_VIEW, change)
+    return update_view(settings.views_dir / REALTIME_VIEW, change, timings=timings)
 
 
 _state_lock = threading.Lock()  # the streams' threads share one state file
@@ -73,22 +94,69 @@ def make_foreach_batch(settings: Settings, msg_type: str, streams: dict):
     """
     from batch_jobs.transforms import VIEW_TRANSFORMS, complete_lines, required_columns
 
-    stats = streams.setdefault(msg_type, {"micro_batches": 0, "input_rows": 0, "skipped": 0})
+    stats = streams.setdefault(msg_type, {"micro_batches": 0, "input_rows": 0, "skipped": 0, "recent_batches": []})
 
     def process(batch_df, batch_id: int) -> None:
+        started = time.time()
         lines = complete_lines(batch_df, required_columns(msg_type))
         tables = [(spec, transform(lines, settings.window_s).toArrow()) for spec, transform in VIEW_TRANSFORMS[msg_type]]
         if tables[0][1].num_rows == 0:
             return
-        result = apply_micro_batch(settings, tables, batch_id, msg_type)
+        timings = {"aggregate": time.time() - started}
+        result = apply_micro_batch(settings, tables, batch_id, msg_type, timings)
+        published = time.time()
         with _state_lock:
             stats["micro_batches"] += 1
             stats["input_rows"] += result["input_rows"]
             stats["skipped"] += int(result["skipped"])
-            stats.update(last_batch_id=batch_id, last_commit_at=time.time(), max_event_ts=result.get("max_event_ts"))
-            write_state(settings.state_dir, "speed", {"state": "streaming", "streams": streams, **streams.get("health", {})})
+            stats.update(last_batch_id=batch_id, last_commit_at=published, max_event_ts=result.get("max_event_ts"))
+            recent = stats["recent_batches"]
+            recent.append({"batch_id": batch_id, "input_rows": result["input_rows"], "foreach_started_at": started,
+                           "published_at": published, "view_bytes": timings.pop("bytes", None),
+                           "foreach_s": {step: round(s, 4) for step, s in timings.items()}})
+            del recent[:-RECENT_BATCHES]
+            _write_streaming_state(settings, streams)
 
     return process
+
+
+def query_name(msg_type: str) -> str:
+    return f"healthmon-speed-{msg_type}"
+
+
+def _write_streaming_state(settings: Settings, streams: dict) -> None:
+    write_state(settings.state_dir, "speed", {"state": "streaming", "streams": streams, **streams.get("health", {})})
+
+
+def progress_listener(settings: Settings, streams: dict):
+    """A listener that adds Spark's own timings of each micro-batch (``durationMs`` per phase) to ``recent_batches``."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    names = {query_name(msg_type): msg_type for msg_type in VIEWED_TYPES}
+
+    class BatchTimings(StreamingQueryListener):
+        def onQueryStarted(self, event) -> None:
+            pass
+
+        def onQueryIdle(self, event) -> None:
+            pass
+
+        def onQueryTerminated(self, event) -> None:
+            pass
+
+        def onQueryProgress(self, event) -> None:
+            progress = event.progress
+            msg_type = names.get(progress.name)
+            with _state_lock:
+                recent = streams.get(msg_type, {}).get("recent_batches", [])
+                for batch in recent:
+                    if batch["batch_id"] == progress.batchId:
+                        batch["trigger_at"] = progress.timestamp
+                        batch["spark_ms"] = dict(progress.durationMs)
+                        _write_streaming_state(settings, streams)
+                        break
+
+    return BatchTimings()
 
 
 def start_streams(spark, settings: Settings, streams: dict) -> list:
@@ -96,6 +164,8 @@ def start_streams(spark, settings: Settings, streams: dict) -> list:
     from batch_jobs.transforms import VIEW_TRANSFORMS
 
     store = landing_for(settings)
+    for name, value in STREAMING_CONF.items():
+        spark.conf.set(name, value)
     queries = []
     for msg_type in VIEW_TRANSFORMS:
         store.makedirs(raw_dir(msg_type))  # the file source needs the directory to exist
@@ -112,7 +182,7 @@ def start_streams(spark, settings: Settings, streams: dict) -> list:
             source.writeStream.foreachBatch(make_foreach_batch(settings, msg_type, streams))
             .option("checkpointLocation", str(checkpoint))
             .trigger(processingTime=f"{settings.speed_trigger_s} seconds")
-            .queryName(f"healthmon-speed-{msg_type}")
+            .queryName(query_name(msg_type))
             .start()
         )
     return queries
@@ -143,6 +213,7 @@ def run(settings: Settings) -> int:
         log.info("speed job: stopped while Spark was starting")
         return 0
     streams: dict = {}
+    spark.streams.addListener(progress_listener(settings, streams))
     restarts, delay = 0, 1.0
     try:
         while not stop.is_set():

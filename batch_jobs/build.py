@@ -15,6 +15,17 @@ One build:
    gets the new horizon, and the new view file is published atomically
    (``healthmon.views.update_view``).  A build that fails publishes nothing.
 
+Row order of the window tables (:func:`cluster_windows`): DuckDB skips a row
+group (122,880 rows) only by the min/max of its columns, so rows appended
+hour after hour put every service in every row group, and a series of one
+service over days decompresses the whole table.  Rows are therefore kept
+ordered by (block of ``CLUSTER_BLOCK_S``, keys, ``window_start``): a time
+range still skips whole blocks, and one service's rows of a block lie
+together.  New rows are inserted in that order, after the rows already
+there; when the horizon enters a new block (every 6 h) the window tables are
+rewritten in it, which also drops the rows that retention or a rebuilt hour
+deleted: DuckDB never reclaims the deleted rows of a table with an index.
+
 A changed hour that retention has made final is left alone: its raw files may
 be pruned, or its day's hour rollups deleted, so recomputing it would wipe
 rollups instead of adding the late messages (``batch_jobs.retention.rebuildable``).
@@ -49,11 +60,13 @@ from healthmon.landing import (
 )
 from healthmon.schema import spark_schema
 from healthmon.state import append_run
-from healthmon.views import BATCH_VIEW, REALTIME_VIEW, AggTable, expire_below, read_horizon, update_view
+from healthmon.views import BATCH_VIEW, GRAINS, REALTIME_VIEW, AggTable, expire_below, read_horizon, update_view
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86400
+CLUSTER_BLOCK_S = 6 * HOUR_S
+"""Window rows are stored ordered by this block of time first, then by key (``cluster_windows``)."""
 
 
 @dataclass
@@ -84,8 +97,12 @@ def closed_horizon(now: float, lateness_s: float) -> int:
 def raw_hours(store: LandingStore, msg_type: str) -> dict[int, HourInput]:
     """Landed raw files grouped by hour."""
     hours: dict[int, HourInput] = {}
+    hour_of_dir: dict[str, int] = {}  # an hour holds thousands of files: parse each directory's name once
     for f in store.list_files(raw_dir(msg_type)):
-        hour = hour_of_partition(f.path)
+        directory = f.path.rsplit("/", 1)[0]
+        if directory not in hour_of_dir:
+            hour_of_dir[directory] = hour_of_partition(directory)
+        hour = hour_of_dir[directory]
         hours.setdefault(hour, HourInput(msg_type, hour)).files.append(f)
     return hours
 
@@ -103,10 +120,35 @@ def _hour_list_sql(hours: list[int]) -> str:
     return ", ".join(str(int(h)) for h in hours)
 
 
+def window_order(spec: AggTable) -> str:
+    """ORDER BY list of the stored row order of ``spec``'s window table: time block, keys, window_start."""
+    return ", ".join([f"window_start // {CLUSTER_BLOCK_S}", *spec.key_names])
+
+
+def cluster_windows(con, spec: AggTable) -> None:
+    """Rewrite ``spec``'s window table in :func:`window_order`, primary key included.
+
+    The sorted rows wait in a temporary table while the old table is dropped
+    and checkpointed, so that the new table reuses its blocks: the file does
+    not grow by a copy of the table.
+    """
+    table, columns = spec.table(), ", ".join(spec.columns)
+    con.execute("SET enable_progress_bar = false")  # a rewrite takes seconds: no DuckDB bar in the build's output
+    con.execute(f"CREATE OR REPLACE TEMP TABLE clustering AS SELECT {columns} FROM {table} ORDER BY {window_order(spec)}")
+    con.execute(f"DROP TABLE {table}")
+    con.execute("CHECKPOINT")
+    con.execute(spec.ddl()[GRAINS.index("window")])
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM clustering")  # insertion order is kept
+    con.execute("DROP TABLE clustering")
+
+
 def rebuild_hours(spark, store: LandingStore, con, chunk: list[HourInput], window_s: int) -> int:
     """Compact ``chunk``'s raw hours (one message type) into master and replace their view rows in ``con``; rows written."""
     msg_type = chunk[0].msg_type
-    paths = [store.uri(f.path) for h in chunk for f in h.files]
+    # The hours' directories, not their files: Spark globs and lists thousands of explicit paths one by one
+    # in a listing job (seconds), a few directories at once.  A file landed since raw_hours() is read too; it changes the
+    # hour's fingerprint, so the next build rebuilds the hour again, from all its files.
+    paths = sorted({store.uri(f.path.rsplit("/", 1)[0]) for h in chunk for f in h.files})
     # FAILFAST: raw lines come only from the collector, so a malformed one is damage to report, not to skip.
     raw = dedupe_messages(spark.read.schema(spark_schema(msg_type)).option("mode", "FAILFAST").json(paths))
     (
@@ -115,16 +157,19 @@ def rebuild_hours(spark, store: LandingStore, con, chunk: list[HourInput], windo
         .partitionBy("date", "hour")
         .parquet(store.uri(master_dir(msg_type)))
     )
-    master = spark.read.parquet(*[store.uri(master_hour_dir(msg_type, h.hour_start)) for h in chunk]).persist()
+    master = spark.read.parquet(*[store.uri(master_hour_dir(msg_type, h.hour_start)) for h in chunk])
+    transforms = VIEW_TRANSFORMS[msg_type]
+    if len(transforms) > 1:  # read master once for several transforms; for one, caching costs more than it saves
+        master = master.persist()
     hour_list = _hour_list_sql([h.hour_start for h in chunk])
     rows = 0
     try:
-        for spec, transform in VIEW_TRANSFORMS[msg_type]:
+        for spec, transform in transforms:
             table = transform(master, window_s).toArrow()
             con.execute(f"DELETE FROM {spec.table()} WHERE window_start // {HOUR_S} * {HOUR_S} IN ({hour_list})")
             con.register("new_rows", table)
             columns = ", ".join(spec.columns)
-            con.execute(f"INSERT INTO {spec.table()} ({columns}) SELECT {columns} FROM new_rows")
+            con.execute(f"INSERT INTO {spec.table()} ({columns}) SELECT {columns} FROM new_rows ORDER BY {window_order(spec)}")
             con.unregister("new_rows")
             rows += table.num_rows
     finally:
@@ -178,6 +223,11 @@ def build(spark, settings: Settings, store: LandingStore, now: float | None = No
             for spec, _transform in VIEW_TRANSFORMS[msg_type]:
                 refresh_rollups(con, spec, [h.hour_start for h in hours])
         bar.close()
+        clustered = horizon // CLUSTER_BLOCK_S != previous // CLUSTER_BLOCK_S
+        if clustered:
+            for families in VIEW_TRANSFORMS.values():
+                for spec, _transform in families:
+                    cluster_windows(con, spec)
         con.execute("DELETE FROM view_meta")
         con.execute(
             "INSERT INTO view_meta VALUES (?, ?, ?, ?, ?, ?)",
@@ -190,6 +240,7 @@ def build(spark, settings: Settings, store: LandingStore, now: float | None = No
             "hours_rebuilt": len(todo),
             "hours_too_old_to_rebuild": too_old,
             "rows_written": rows,
+            "clustered": clustered,
             "input_files": sum(len(h.files) for h in todo),
             "input_bytes": sum(h.bytes for h in todo),
         }

@@ -186,7 +186,7 @@ def test_kill_9_mid_segment_then_restart(data_dir, free_udp_port):
             wait_until(lambda seen=seen: len(lister.seen) > seen, 30, "the next published segment", interval=0.005)
             time.sleep(SEGMENT_S / 2)  # half-way through the next segment
             sent = sender.pause()
-            collector.wait_counters(lambda c, sent=sent: c["received"] == sent)  # nothing left in the kernel's queue: 'received' is exact
+            collector.wait(lambda c, sent=sent: c["received"] == sent)  # nothing left in the kernel's queue: 'received' is exact
             os.kill(collector.proc.pid, signal.SIGSTOP)
             landed_at_freeze = sorted(published_seqs(data_dir))
             in_memory = sent - len(landed_at_freeze)
@@ -271,14 +271,14 @@ def test_kill_9_with_a_full_spool_ships_it_at_the_next_start(data_dir, free_udp_
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for m in messages:
             sock.sendto(schema.encode(m), ("127.0.0.1", collector.port))
-    collector.wait_counters(lambda c: c["received"] == 50 and c["open_segments"] == 0 and c["spool_segments"] >= 1
+    collector.wait(lambda c: c["received"] == 50 and c["open_segments"] == 0 and c["spool_segments"] >= 1
                             and c["pending_segments"] == c["spool_segments"])
     collector.proc.kill()
     assert collector.stop(None) == -signal.SIGKILL
     assert spool_files(data_dir)
     blocker.unlink()
     again = Collector(data_dir, free_udp_port, segment_max_seconds=0.2)
-    again.wait_counters(lambda c: c["pending_segments"] == 0 and c["shipped_segments"] >= 1)
+    again.wait(lambda c: c["pending_segments"] == 0 and c["shipped_segments"] >= 1)
     assert again.stop() == 0
     rows = [row for _, row in landed_rows(data_dir)]
     assert sorted(row["service"] for row in rows) == sorted(m["service"] for m in messages)

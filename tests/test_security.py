@@ -77,7 +77,7 @@ def exposed_sockets(pid: int) -> list[tuple[str, str, int]]:
 
 
 def wait_received(collector: Collector, count: int) -> dict:
-    return collector.wait_counters(lambda c: c["received"] >= count and c["landed_messages"] + c["deadletter_messages"]
+    return collector.wait(lambda c: c["received"] >= count and c["landed_messages"] + c["deadletter_messages"]
                                    + c["rejected_by_reason"].get("rate_limited", 0) >= count, timeout=30)
 
 
@@ -271,7 +271,7 @@ def test_agent_signs_for_a_collector_that_requires_it(module_dir):
             "--key-id", "agent-b", "--secret-file", str(secret_file)]
     agent = start_healthmon(args, {"HEALTHMON_DATA_DIR": str(directory)})
     try:
-        counters = collector.wait_counters(lambda c: c["accepted"] >= 3, timeout=60)  # host_info, then health every 0.2 s
+        counters = collector.wait(lambda c: c["accepted"] >= 3, timeout=60)  # host_info, then health every 0.2 s
         assert exposed_sockets(agent.pid) == []  # its one socket is connected to the collector: it listens to no one
     finally:
         assert stop_process(agent, timeout=20) == 0, Path(agent.log_path).read_text()
@@ -297,7 +297,7 @@ def test_mock_services_and_drives_sign_for_a_collector_that_requires_it(module_d
     try:
         assert mock.wait(timeout=60) == 0, Path(mock.log_path).read_text()
         sent = int(re.search(r"sent (\d+) datagrams", Path(mock.log_path).read_text()).group(1))
-        counters = collector.wait_counters(lambda c: c["received"] >= sent, timeout=30)
+        counters = collector.wait(lambda c: c["received"] >= sent, timeout=30)
     finally:
         collector.stop()
     reasons = counters["rejected_by_reason"]

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import signal
+import threading
 import time
 import traceback
 import uuid
@@ -266,16 +268,41 @@ def build_and_record(spark, settings: Settings, store: LandingStore, progress: b
 
 
 def run(settings: Settings) -> int:
-    """``healthmon batch``: one build now, with a progress bar."""
-    from healthmon.spark import spark_session
+    """``healthmon batch``: one build now, with a progress bar; SIGTERM/SIGINT cancel it (0 then, as for a stop).
 
-    spark = spark_session(settings, "healthmon-batch")
+    The build runs in a helper thread while this one waits for it or for a
+    stop signal: a stop stops Spark, so the build's next Spark call fails and it
+    publishes nothing (the previous view stays served, the next build does the
+    work), as a stop of the scheduler does; it takes seconds, not the build's minutes.
+    """
+    from healthmon.spark import StartAborted, spark_session, stop_aborts_start
+
+    stop = threading.Event()
     try:
-        record = build_and_record(spark, settings, landing_for(settings), progress=True)
+        with stop_aborts_start(stop):
+            spark = spark_session(settings, "healthmon-batch")
+    except StartAborted:
+        print("batch: stopped while Spark was starting; nothing built")
+        return 0
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(record=build_and_record(spark, settings, landing_for(settings),
+                                                                                    progress=True)), name="batch-build")
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.start()
+        while worker.is_alive() and not stop.wait(0.2):
+            pass
     finally:
-        spark.stop()
-    if record["status"] != "ok":
-        print(f"batch build failed: {record['error']}")
+        spark.stop()  # mid-build (a stop signal): the build fails at its next Spark call and publishes nothing
+        worker.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    record = outcome.get("record")
+    if stop.is_set() and (record is None or record["status"] != "ok"):
+        print("batch: stopped; the build was cancelled and published nothing (the previous view stays served)")
+        return 0
+    if record is None or record["status"] != "ok":
+        print(f"batch build failed: {record['error'] if record else 'no record'}")
         return 1
     horizon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record["horizon"]))
     print(

@@ -221,7 +221,7 @@ def test_spark_processes_stop_on_sigterm_while_spark_starts(tmp_path):
     """A cold SparkSession takes 7-11 s, more on a busy machine: SIGTERM while the JVM starts gives the start up, and the
     JVM goes too (no orphan)."""
     procs = {name: start_healthmon([name], {"HEALTHMON_DATA_DIR": str(tmp_path / name), "HEALTHMON_API_PORT": str(free_port())})
-             for name in ("speed", "schedule")}
+             for name in ("speed", "schedule", "batch")}
     times: dict[str, float] = {}
     jvms: list[int] = []
     try:

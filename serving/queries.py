@@ -97,28 +97,49 @@ class BatchCache:
 
     def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.waits = 0  # waits: misses that took the value another thread was computing
         self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._computing: dict[Hashable, threading.Event] = {}  # keys being computed, and the event set when done
         self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], tuple[object, int]]):
-        """The value of ``key``; on a miss ``compute()`` gives ``(value, size in bytes)`` and it is kept."""
+        """The value of ``key``; on a miss ``compute()`` gives ``(value, size in bytes)`` and it is kept.
+
+        One thread computes a key at a time: the others that miss it meanwhile wait for that value instead
+        of computing it too (after a publication every server thread asks for the same new parts at once, and
+        computing them side by side made each of them several times slower).
+        """
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return entry[0]
+                done = self._computing.get(key)
+                if done is None:
+                    self.misses += 1
+                    done = self._computing[key] = threading.Event()
+                    break
+                self.waits += 1
+            done.wait()  # then look again: kept by the thread that computed it (or, if it failed, compute it here)
+        try:
+            value, size = compute()
+        except BaseException:
+            with self._lock:
+                del self._computing[key]
+            done.set()
+            raise
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry[0]
-            self.misses += 1
-        value, size = compute()  # outside the lock: two threads may compute one key, both right
-        with self._lock:
-            if key not in self._entries and size <= self.max_bytes:
+            del self._computing[key]
+            if size <= self.max_bytes:
                 self._entries[key] = (value, size)
                 self._bytes += size
                 while self._bytes > self.max_bytes:
                     _, (_, dropped) = self._entries.popitem(last=False)
                     self._bytes -= dropped
+        done.set()
         return value
 
     @property

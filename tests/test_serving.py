@@ -384,3 +384,39 @@ def test_cached_answers_stay_exact_across_publishes(tmp_path):
     assert check(MESSAGES + late)[0]["horizon"] == iso(HORIZON + HOUR)
     publish_realtime(views, MESSAGES + late, HORIZON + HOUR)
     check(MESSAGES + late)
+
+
+def test_cache_computes_a_key_once_while_others_wait_for_it():
+    """Threads that miss a key being computed get that value; a failed computation lets the next one compute."""
+    from serving.queries import BatchCache
+
+    cache = BatchCache(max_bytes=1000)
+    release, results, calls = threading.Event(), [], []
+
+    def slow() -> tuple[str, int]:
+        calls.append("slow")
+        release.wait(10)
+        return "first", 10
+
+    def other() -> tuple[str, int]:
+        calls.append("other")
+        return "second", 10
+
+    first = threading.Thread(target=lambda: results.append(cache.get("k", slow)))
+    first.start()
+    wait_until(lambda: "k" in cache._computing, 10, "the first computation under way", interval=0.005)
+    second = threading.Thread(target=lambda: results.append(cache.get("k", other)))
+    second.start()
+    wait_until(lambda: cache.waits == 1, 10, "the second thread waiting", interval=0.005)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert results == ["first", "first"] and calls == ["slow"]
+    assert (cache.hits, cache.misses) == (1, 1)
+
+    def broken() -> tuple[str, int]:
+        raise RuntimeError("query failed")
+
+    with pytest.raises(RuntimeError):
+        cache.get("j", broken)
+    assert cache.get("j", other) == "second" and "j" not in cache._computing

@@ -57,6 +57,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine as common_machine  # noqa: E402
 from healthmon.schema import encode  # noqa: E402
 from tests.procs import free_port, start_healthmon, stop_process, wait_until  # noqa: E402
 
@@ -360,7 +361,7 @@ def main() -> int:
     env = {"HEALTHMON_DATA_DIR": str(data_dir), "HEALTHMON_UDP_PORT": str(udp_port), "HEALTHMON_API_PORT": str(api_port)}
     env.update({f"HEALTHMON_{name.upper()}": value for name, value in settings.items()})
     api = f"http://127.0.0.1:{api_port}"
-    machine = {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    machine = common_machine()
     procs = {part: start_healthmon([part], env) for part in PARTS}
     rss = PeakRss({part: proc.pid for part, proc in procs.items()})
     rss.start()
@@ -409,7 +410,7 @@ def main() -> int:
         print(f"{r['load_per_s']:>8}: " + " | ".join(f"{steps.get(s, float('nan')):.3f}" for s in STEPS)
               + f"   (Spark ms: {r['median_breakdown'].get('spark_ms', {})})")
     print(f"p95 target {TARGET_P95_S:g} s: {'met at every load' if result['met'] else 'MISSED at some load'}; load average "
-          f"{machine['loadavg_at_start'][0]} -> {machine['loadavg_at_end'][0]}; results: bench/results/{args.out}.json, .png")
+          f"{machine['loadavg_at_start'][0]:.2f} -> {machine['loadavg_at_end'][0]:.2f}; results: bench/results/{args.out}.json, .png")
     return 0
 
 

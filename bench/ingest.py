@@ -53,7 +53,6 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -69,7 +68,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine  # noqa: E402
 from ingest.recvmmsg import IoVec, MMsgHdr  # noqa: E402 - the C structs of sendmmsg(2), declared once, for the collector
+from tests.procs import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PEERS = REPO / "bench" / ".peers"
@@ -233,18 +234,6 @@ def role_bare(port: int, reuse_port: bool, rcvbuf: int) -> None:
 
 
 # ---------------------------------------------------------------- measuring processes
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _peak_rss_kb(pid: int) -> int | None:
@@ -488,7 +477,7 @@ class Statsd:
         return int(match.group(1))
 
     def start(self, port: int, rcvbuf: int = RCVBUF) -> list[int]:
-        self.mgmt_port = free_tcp_port()
+        self.mgmt_port = free_port(socket.SOCK_STREAM)
         self.tmp = Path(tempfile.mkdtemp(prefix="healthmon-bench-statsd-"))
         config = {"port": port, "address": "127.0.0.1", "mgmt_port": self.mgmt_port, "mgmt_address": "127.0.0.1",
                   "flushInterval": 3_600_000, "backends": [],
@@ -529,7 +518,7 @@ class Statsd:
 
 
 def bench_one(subject, rate: int, seconds: float, sender_rate: int, progress) -> dict:
-    port = free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     pids = subject.start(port)
     monitor = TreeMonitor(pids)
     monitor.sample()
@@ -613,7 +602,7 @@ def capacity_one(subject, datagrams: int, sender_rate: int, progress) -> dict:
     """
     import psutil
 
-    port = free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     pids = subject.start(port, rcvbuf=CAPACITY_RCVBUF)
     procs = [p for pid in pids for p in (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))]
     for proc in procs:
@@ -745,9 +734,9 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> dict:
-    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+def machine_and_rmem() -> dict:
+    """``bench.common.machine()`` and ``net.core.rmem_max`` (the ceiling of every receive buffer here)."""
+    info = machine()
     try:
         info["rmem_max"] = int(Path("/proc/sys/net/core/rmem_max").read_text())
     except OSError:
@@ -804,7 +793,7 @@ def main() -> int:
                 print(f"WARNING: statsd not measured: {peer_note}")
         if args.only:
             subjects = [s for s in subjects if s.name in args.only.split(",")]
-        info = machine()
+        info = machine_and_rmem()
         results: dict[str, dict] = {s.name: {"label": s.label, "processes": s.processes, "runs": []} for s in subjects}
         bar_format = "{l_bar}{bar}| {n:.0f}/{total:.0f} s of sending [{elapsed}<{remaining}]"
         with tqdm(total=len(subjects) * len(rates) * args.seconds, unit="s", desc="ingest bench", bar_format=bar_format,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import base64
 import collections
 import os
@@ -39,7 +40,7 @@ def read_counters(data_dir: Path) -> dict | None:
         return None
 
 
-class CollectProcess:
+class CollectProcess(abc.ABC):
     """``healthmon collect`` in a subprocess, waited for until ``started()`` says it listens; ``read()`` gives its counters."""
 
     def __init__(self, data_dir: Path, port: int, **settings) -> None:
@@ -59,11 +60,13 @@ class CollectProcess:
                 raise AssertionError(f"{type(self).__name__} did not start:\n{self.output()}")
             time.sleep(0.05)
 
+    @abc.abstractmethod
     def started(self) -> bool:
-        raise NotImplementedError
+        """Whether the process listens (and every receiver of it does)."""
 
+    @abc.abstractmethod
     def read(self):
-        raise NotImplementedError
+        """Its counters as the state files show them now (None or empty before the first write)."""
 
     def output(self) -> str:
         if not self.log.closed:

@@ -58,6 +58,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine as common_machine  # noqa: E402
+from bench.common import write_results  # noqa: E402
 from healthmon.schema import encode  # noqa: E402
 from tests.procs import free_port, start_healthmon, stop_process, wait_until  # noqa: E402
 
@@ -394,9 +395,7 @@ def main() -> int:
     result = {"bench": "freshness", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,
               "settings": [f"{k}={v}" for k, v in settings.items()], "probes_per_load": args.probes, "target_p95_s": TARGET_P95_S,
               "loads": rows, "met": all(r.get("p95_s", float("inf")) <= TARGET_P95_S and not r["lost_probes"] for r in rows)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    chart(result, RESULTS / f"{args.out}.png")
+    write_results(result, RESULTS / f"{args.out}.json", chart)
     print(f"{'load/s':>8} {'offered/s':>10} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'p95/tgt':>7} {'lost':>5}  "
           f"{'recv/sent':>9}  cores c/s/a     peak RSS MB c/s/a")
     for r in rows:

@@ -68,7 +68,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from ingest.recvmmsg import IoVec, MMsgHdr  # noqa: E402 - the C structs of sendmmsg(2), declared once, for the collector
 from tests.procs import free_port  # noqa: E402
 
@@ -916,11 +916,7 @@ def main() -> int:
             if r.get("landing_mismatch"):
                 print(f"WARNING {name} at {r['target_per_s']}/s: accepted {r['accepted']} but landed {r['landed_messages']} "
                       f"({r['landed_lines_on_disk']} lines on disk)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "ingest.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS / "ingest.json")
-    chart(result, RESULTS / "ingest.png")
+    write_results(result, RESULTS / "ingest.json", chart)
     print(f"results: {(RESULTS / 'ingest.json').relative_to(REPO)}, chart: {(RESULTS / 'ingest.png').relative_to(REPO)}")
     return 0
 

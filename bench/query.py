@@ -70,7 +70,6 @@ from __future__ import annotations
 import argparse
 import functools
 import http.client
-import json
 import math
 import multiprocessing
 import os
@@ -85,7 +84,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import CpuWatch, machine  # noqa: E402
+from bench.common import CpuWatch, machine, write_results  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 TARGET_P99_MS = 20.0
@@ -601,11 +600,7 @@ def main() -> int:
     for name, phase in phases.items():
         print_table(name, phase)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
-    chart(result, out.with_suffix(".png"))
+    write_results(result, out, chart)
     print(f"\nreal-time view published {realtime_publishes['publishes']} times (every {realtime_publishes['interval_s']:g} s, "
           f"{realtime_publishes['mean_publish_ms']} ms each)")
     print(f"load average: {info['loadavg_at_start'][0]:.2f} at start, {result['loadavg_at_end'][0]:.2f} at end")

@@ -45,6 +45,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 
+import duckdb
 from tqdm import tqdm
 
 from batch_jobs.retention import raw_floor, read_tier_cutoffs, rebuildable
@@ -199,55 +200,102 @@ def refresh_rollups(con, spec: AggTable, hours: list[int]) -> None:
         )
 
 
+@dataclass
+class BuildPlan:
+    """What one build will do, read from a view: the horizons and the hours to rebuild per message type."""
+
+    previous_horizon: int
+    horizon: int
+    todo_by_type: dict[str, list[HourInput]]
+    hours_too_old: int
+
+    @property
+    def todo(self) -> list[HourInput]:
+        return [h for hours in self.todo_by_type.values() for h in hours]
+
+    @property
+    def clustered(self) -> bool:
+        return self.horizon // CLUSTER_BLOCK_S != self.previous_horizon // CLUSTER_BLOCK_S
+
+    @property
+    def changes_nothing(self) -> bool:
+        return not self.todo and self.horizon == self.previous_horizon
+
+
+def plan_build(con, settings: Settings, store: LandingStore, now: float) -> BuildPlan:
+    """The plan of a build at ``now`` against the view open on ``con``."""
+    previous = read_horizon(con)
+    horizon = max(previous, closed_horizon(now, settings.batch_lateness_s))
+    tiers, oldest_raw = read_tier_cutoffs(con), raw_floor(settings, now)
+    todo_by_type = {}
+    too_old = 0
+    for msg_type in VIEW_TRANSFORMS:
+        built = dict(con.execute("SELECT hour_start, fingerprint FROM view_inputs WHERE msg_type = ?", [msg_type]).fetchall())
+        changed = plan_hours(raw_hours(store, msg_type), built, horizon)
+        todo_by_type[msg_type] = [h for h in changed if rebuildable(h.hour_start, h.hour_start in built, tiers, oldest_raw)]
+        too_old += len(changed) - len(todo_by_type[msg_type])
+    return BuildPlan(previous, horizon, todo_by_type, too_old)
+
+
+def _outcome(build_id: str, plan: BuildPlan, rows: int, published: bool) -> dict:
+    todo = plan.todo
+    return {
+        "build_id": build_id,
+        "published": published,
+        "horizon": plan.horizon,
+        "previous_horizon": plan.previous_horizon,
+        "hours_rebuilt": len(todo),
+        "hours_too_old_to_rebuild": plan.hours_too_old,
+        "rows_written": rows,
+        "clustered": published and plan.clustered,
+        "input_files": sum(len(h.files) for h in todo),
+        "input_bytes": sum(h.bytes for h in todo),
+    }
+
+
 def build(spark, settings: Settings, store: LandingStore, now: float | None = None, progress: bool = False) -> dict:
-    """One incremental build, published atomically; returns what it did."""
+    """One incremental build, published atomically; returns what it did.
+
+    A build that would change nothing (no hour to rebuild, the horizon where it
+    was) publishes nothing (``"published": False``): the API keeps the answers
+    it cached from the view file, which a new file would invalidate every
+    ``batch_interval_s``.
+    """
     now = time.time() if now is None else now
     build_id = uuid.uuid4().hex[:12]
+    view_path = settings.views_dir / BATCH_VIEW
+    if view_path.exists():
+        try:
+            with duckdb.connect(str(view_path), read_only=True) as con:
+                plan = plan_build(con, settings, store, now)
+        except duckdb.CatalogException:  # a view from an older release, without a table: the build adds it
+            plan = None
+        if plan is not None and plan.changes_nothing:
+            return _outcome(build_id, plan, 0, published=False)
 
     def change(con) -> dict:
-        previous = read_horizon(con)
-        horizon = max(previous, closed_horizon(now, settings.batch_lateness_s))
-        tiers, oldest_raw = read_tier_cutoffs(con), raw_floor(settings, now)
-        todo_by_type = {}
-        too_old = 0
-        for msg_type in VIEW_TRANSFORMS:
-            built = dict(con.execute("SELECT hour_start, fingerprint FROM view_inputs WHERE msg_type = ?", [msg_type]).fetchall())
-            changed = plan_hours(raw_hours(store, msg_type), built, horizon)
-            todo_by_type[msg_type] = [h for h in changed if rebuildable(h.hour_start, h.hour_start in built, tiers, oldest_raw)]
-            too_old += len(changed) - len(todo_by_type[msg_type])
-        todo = [h for hours in todo_by_type.values() for h in hours]
+        plan = plan_build(con, settings, store, now)  # again, under the writer lock: the view may have changed since
         rows = 0
-        bar = tqdm(total=len(todo), unit="hour", desc="batch build", disable=not progress)
-        for msg_type, hours in todo_by_type.items():
+        bar = tqdm(total=len(plan.todo), unit="hour", desc="batch build", disable=not progress)
+        for msg_type, hours in plan.todo_by_type.items():
             for chunk in chunked(hours, settings.batch_hours_per_job):
                 rows += rebuild_hours(spark, store, con, chunk, settings.window_s)
                 bar.update(len(chunk))
             for spec, _transform in VIEW_TRANSFORMS[msg_type]:
                 refresh_rollups(con, spec, [h.hour_start for h in hours])
         bar.close()
-        clustered = horizon // CLUSTER_BLOCK_S != previous // CLUSTER_BLOCK_S
-        if clustered:
+        if plan.clustered:
             for families in VIEW_TRANSFORMS.values():
                 for spec, _transform in families:
                     cluster_windows(con, spec)
         con.execute("DELETE FROM view_meta")
         con.execute(
             "INSERT INTO view_meta VALUES (?, ?, ?, ?, ?, ?)",
-            [horizon, time.time(), settings.window_s, build_id, len(todo), rows],
+            [plan.horizon, time.time(), settings.window_s, build_id, len(plan.todo), rows],
         )
-        return {
-            "build_id": build_id,
-            "horizon": horizon,
-            "previous_horizon": previous,
-            "hours_rebuilt": len(todo),
-            "hours_too_old_to_rebuild": too_old,
-            "rows_written": rows,
-            "clustered": clustered,
-            "input_files": sum(len(h.files) for h in todo),
-            "input_bytes": sum(h.bytes for h in todo),
-        }
+        return _outcome(build_id, plan, rows, published=True)
 
-    return update_view(settings.views_dir / BATCH_VIEW, change)
+    return update_view(view_path, change)
 
 
 def build_and_record(spark, settings: Settings, store: LandingStore, progress: bool = False) -> dict:
@@ -308,5 +356,6 @@ def run(settings: Settings) -> int:
     print(
         f"batch build {record['build_id']}: horizon {horizon}, {record['hours_rebuilt']} hours rebuilt, "
         f"{record['rows_written']} window rows, {record['duration_s']} s"
+        + ("" if record["published"] else " (nothing changed: the view was not published again)")
     )
     return 0

@@ -107,14 +107,15 @@ if [ "$(cat node_modules/.lock.sha256 2>/dev/null)" != "$lock_hash" ]; then
   echo "$lock_hash" >node_modules/.lock.sha256
 fi
 
-# Test tools from Debian: chromium (the dashboard's browser tests, driven by Playwright without its own
-# browser download) and prometheus/promtool (a real Prometheus scrapes /metrics in the tests).
+# Test and bench tools from Debian: chromium (the dashboard's browser tests, driven by Playwright without its
+# own browser download), prometheus/promtool (a real Prometheus scrapes /metrics in the tests) and wrk (the
+# query bench's HTTP load generator: C, so the 16 clients leave the 2 cores to the server).
 missing=()
-for cmd in chromium promtool; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+for cmd in chromium promtool wrk; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   pkgs=()
   for cmd in "${missing[@]}"; do case $cmd in promtool) pkgs+=(prometheus) ;; *) pkgs+=("$cmd") ;; esac; done
-  say "installing Debian's ${pkgs[*]} (browser and Prometheus tests)"
+  say "installing Debian's ${pkgs[*]} (browser and Prometheus tests, query bench)"
   apt_install "${pkgs[@]}"
 fi

@@ -98,15 +98,19 @@ def test_incremental_build_rebuilds_only_changed_hours(spark, tmp_path):
     for table in ("health_window", "health_hour", "health_day"):
         assert_totals(totals(view, table), expected_totals(sent))
 
+    # Nothing changed: the same file stays published (the API's cached answers stay valid).
+    published = view.stat()
     again = build(spark, settings, store, now=NOW)
-    assert again["hours_rebuilt"] == 0 and again["rows_written"] == 0
+    assert again["hours_rebuilt"] == 0 and again["rows_written"] == 0 and not again["published"]
+    assert (view.stat().st_ino, view.stat().st_mtime_ns) == (published.st_ino, published.st_mtime_ns)
 
     # A late segment for the first hour, and the same segment shipped twice under another name.
     data, late = make_lines(FIRST_HOUR, 30, seed=42, prefix="late")
     store.publish(raw_segment_path("health", FIRST_HOUR, "c1-2-000001"), data)
     store.publish(raw_segment_path("health", FIRST_HOUR, "c1-2-000002"), data)
     third = build(spark, settings, store, now=NOW)
-    assert third["hours_rebuilt"] == 1
+    assert third["hours_rebuilt"] == 1 and third["published"]
+    assert view.stat().st_ino != published.st_ino
     for table in ("health_window", "health_hour", "health_day"):
         assert_totals(totals(view, table), expected_totals(sent + late))
 
@@ -114,6 +118,10 @@ def test_incremental_build_rebuilds_only_changed_hours(spark, tmp_path):
     master = pq.read_table(str(tmp_path / "landing" / "master" / "type=health"))
     ids = master.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == len(sent) + len(late)
+
+    # The horizon moving is a change even with no new file: the open hour is built and published.
+    fourth = build(spark, settings, store, now=NOW + HOUR)
+    assert fourth["published"] and fourth["horizon"] == open_hour + HOUR and fourth["hours_rebuilt"] == 1
 
 
 def test_failed_build_publishes_nothing(spark, tmp_path):

@@ -374,10 +374,11 @@ class Collector:
 
     kind = "json"
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, code: Path = REPO, tag: str = "") -> None:
         self.processes = processes
-        self.name = f"collector-{processes}"
-        self.label = f"healthmon collector, {processes} process{'es' if processes > 1 else ''}"
+        self.code = code  # the tree whose healthmon runs (--baseline: an earlier version, side by side)
+        self.name = f"collector-{processes}{tag}"
+        self.label = f"healthmon collector, {processes} process{'es' if processes > 1 else ''}" + (f" ({code})" if tag else "")
 
     def _states(self) -> list[dict]:
         out = []
@@ -393,7 +394,7 @@ class Collector:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHMON_")}
         env.update({"HEALTHMON_DATA_DIR": str(self.tmp), "HEALTHMON_UDP_PORT": str(port), "HEALTHMON_STATS_INTERVAL_S": "0.2",
                     "HEALTHMON_COLLECTOR_PROCESSES": str(self.processes), "HEALTHMON_UDP_RCVBUF_BYTES": str(rcvbuf),
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(self.code), env.get("PYTHONPATH")]))})
         self.log = open(self.tmp / "collector.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "healthmon.cli", "collect"], env=env, cwd=self.tmp, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -755,6 +756,8 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated receivers to run (e.g. collector-2,statsd)")
     parser.add_argument("--capacity", type=int, default=CAPACITY_DATAGRAMS,
                         help="datagrams of each receiver's capacity run (a queued burst drained alone); 0: none")
+    parser.add_argument("--baseline", default="", help="also run collector-1/N from the tree in this directory (e.g. "
+                        "`git archive HEAD | tar -x -C DIR`), as collector-1-base/collector-N-base, each right after its twin")
     parser.add_argument("--from-json", default="", help="no runs: summarize and chart the runs of an earlier ingest.json")
     parser.add_argument("--role", choices=["send", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -783,6 +786,9 @@ def main() -> int:
         rates = [int(r) for r in args.rates.split(",")]
         n = args.processes
         subjects = [Bare(1), Bare(n), Collector(1), Collector(n)]
+        if args.baseline:
+            base = Path(args.baseline).resolve()
+            subjects = [Bare(1), Bare(n), Collector(1), Collector(1, base, "-base"), Collector(n), Collector(n, base, "-base")]
         peer_note = None
         if not args.no_peer:
             statsd = Statsd()

@@ -61,10 +61,16 @@ Speed: the loop reads up to 64 datagrams per system call (``recvmmsg``,
 nothing arrives); while datagrams flow it sleeps 4 ms whenever a batch
 emptied the socket, so it wakes once per few hundred datagrams rather than
 once per datagram (a wake-up costs tens of microseconds on a VM: with 1 ms
-the collector spent ~13 us per datagram at 25-50k msg/s, ~8.5 with 4 ms).  Plain canonical health messages, nearly all of the traffic, take
-``ingest.fastpath`` (the same checks as ``schema.parse_message`` for that one
-shape, and the landed line built in the same step); everything else goes
-through ``parse_message``, which also gives every rejection its reason.
+the collector spent ~13 us per datagram at 25-50k msg/s, ~8.5 with 4 ms).  A batch (of at least
+``BATCH_PATH_MIN``) made only of plain canonical health messages, nearly all
+of the traffic, takes ``ingest.batchpath`` (the whole batch checked and its
+landed lines written by msgspec in a few C calls, ~0.65x the fast path's
+CPU); any other batch goes datagram by datagram: plain canonical health
+messages take ``ingest.fastpath`` (the same checks as
+``schema.parse_message`` for that one shape, and the landed line built in the
+same step); everything else goes through ``parse_message``, which also gives
+every rejection its reason.  Both land byte for byte what ``parse_message``
+and ``landed_line`` would.
 Accepted lines are appended to one growing ``bytearray`` per open segment
 (not kept as ~20,000 small objects, each in fresh memory).  Counters live in
 local variables; nothing is logged per message.  Measured on the 2-core dev
@@ -93,6 +99,7 @@ from healthmon import landing, schema
 from healthmon.config import ConfigError, Settings, load_settings
 from healthmon.state import write_state
 from ingest import guard
+from ingest.batchpath import HealthBatchPath
 from ingest.fastpath import HealthFastPath
 from ingest.publisher import Publisher, Segment, Spool
 from ingest.recvmmsg import BATCH, BatchReceiver
@@ -106,6 +113,7 @@ INTERNAL_ERROR = "internal_error"
 STOP_GRACE_S = 5.0  # at stop, how long the publisher may keep trying an unreachable store before leaving the spool
 RATE_LIMIT_LOG_S = 60.0  # how often the sources that were rate limited are logged
 RATE_LIMITED = "rate_limited"
+BATCH_PATH_MIN = 4  # smaller batches go datagram by datagram: below this the batch path's fixed cost is more than it saves
 
 
 class Collector:
@@ -120,6 +128,10 @@ class Collector:
         # with signing=optional it takes unsigned ones only (a signature trailer is not JSON: such a datagram falls
         # through to the verifier)
         self.fast_path = HealthFastPath(settings.max_clock_skew_s) if settings.signing != "required" else None
+        # the same for a whole batch of canonical health datagrams at once; off when the rate limit must see each
+        # datagram's source
+        self.batch_path = (HealthBatchPath(settings.max_clock_skew_s, settings.max_datagram_bytes)
+                           if self.fast_path is not None and self.limiter is None else None)
         self.next_sweep = 0.0
         self.next_rate_log = time.time() + RATE_LIMIT_LOG_S
         self.store = store if store is not None else landing.landing_for(settings)
@@ -319,6 +331,7 @@ class Collector:
         clock = time.time
         sleep = time.sleep
         fast = self.fast_path.landed if self.fast_path is not None else None
+        batch_landed = self.batch_path.landed if self.batch_path is not None else None
         parse = self.verifier.parse if self.verifier is not None else schema.parse_message
         allow = self.limiter.allow if self.limiter is not None else None
         rate_limited = self.rate_limited
@@ -348,7 +361,27 @@ class Collector:
                     batch = []
                 recv_ts = now = clock()
                 received += len(batch)
-                for i, data in enumerate(batch):
+                one_by_one = batch
+                if batch_landed is not None and len(batch) >= BATCH_PATH_MIN:
+                    n = len(batch)
+                    landed = batch_landed(batch, recv_ts, [prefix + str(k) for k in range(accepted, accepted + n)])
+                    if landed is not None:
+                        key = ("health", landed[0])
+                        buf = raw.get(key)
+                        # a batch that would fill its segment goes datagram by datagram, which closes it at the exact line
+                        if (0 if buf is None else len(buf[0])) + len(landed[1]) < seg_bytes:
+                            if buf is None:
+                                buf = raw[key] = [bytearray(), 0]
+                                if self.close_at is None:
+                                    self.close_at = recv_ts + seg_s
+                                    if self.close_at < next_tick:
+                                        next_tick = self.close_at
+                            data_so_far = buf[0]
+                            data_so_far += landed[1]
+                            buf[1] += n
+                            accepted += n
+                            one_by_one = ()
+                for i, data in enumerate(one_by_one):
                     if allow is not None and not allow(source(i)[0], recv_ts):
                         rate_limited()
                         continue

@@ -475,6 +475,72 @@ def test_fast_path_lands_exactly_what_the_schema_lands():
     assert taken >= 60 + 30  # every canonical message, and the mutants that stayed valid
 
 
+def schema_lines(batch: list[bytes], recv_ts: float, ids: list[str]) -> bytes | None:
+    """What the per-datagram path lands for ``batch``: every landed line, or None when the schema rejects one of it."""
+    try:
+        return b"".join(schema.landed_line(schema.parse_message(data, recv_ts, 3600.0), message_id, recv_ts)
+                        for data, message_id in zip(batch, ids[:len(batch)], strict=True))
+    except schema.Rejected:
+        return None
+
+
+def test_batch_path_lands_exactly_what_the_schema_lands():
+    """Whole batches of canonical messages take the batch path and land byte for byte; a batch with any near miss in it is left
+    to the per-datagram path (or, when the near miss is valid, lands byte for byte too)."""
+    from ingest.batchpath import HealthBatchPath
+
+    batch_path = HealthBatchPath(3600.0, 16384)
+    now = time.time()
+    ids = [f"c1-1-{n}" for n in range(64)]
+    this_hour = [schema.encode(m) for m in valid_messages(now, 200) if m["ts"] // 3600 == now // 3600][:128]
+    for batch in (this_hour[:64], this_hour[64:], this_hour[:4]):
+        assert batch_path.landed(batch, now, ids) == (now // 3600, schema_lines(batch, now, ids))
+    rng = random.Random(5)
+    cases = fast_path_cases(now)
+    body = b'"service":"a","ts":%.3f,"cpu_pct":1,"ram_total_gb":2,"ram_free_gb":1,"disk_total_gb":2,"disk_free_gb":1' % now
+    cases += [
+        b"", b" ", b"{" + body + b"} {" + body + b"}", b"{" + body + b",", b'"x":1}', b"{" + body + b',"x":{}',
+        b"{" + body + b',"pad":"\xff"}', b"{" + body + b',"pad":"\\ud800"}', b"{" + body + b"}\n",
+        b"{" + body + b',"ram_total_gb":1e16}', b"{" + body + b',"ram_total_gb":9999999999999998.0}',
+        b"{" + body + b',"ram_total_gb":9223372036854775808}', b"{" + body + b',"ram_total_gb":1e-7}',
+        b"{" + body + b',"host":""}', b"{" + body + b',"net":{"":{"rx_bps":1,"tx_bps":2}}}', b"{" + body + b',"type":"health"}',
+        b"{" + body + b',"pad":"' + b"x" * 16384 + b'"}', b"{" + body.replace(b'"ts":', b'"ts":1e2+') + b"}",
+    ]
+    taken = 0
+    for case in cases:
+        for at in (0, 17, 63):  # the near miss first, in the middle, last
+            batch = this_hour[:at] + [case] + this_hour[at:63]
+            landed = batch_path.landed(batch, now, ids)
+            expected = schema_lines(batch, now, ids)
+            if expected is None:
+                assert landed is None, case
+            elif landed is not None:
+                taken += 1
+                assert landed[1] == expected, case
+        # and in a batch of its own kind: a few near misses together
+        batch = [rng.choice(cases) for _ in range(8)]
+        landed = batch_path.landed(batch, now, ids)
+        assert landed is None or landed[1] == schema_lines(batch, now, ids), batch
+    assert taken >= 3 * 60  # every canonical message, and the near misses that stayed valid and canonical
+
+
+def test_batch_path_numbers_are_written_as_orjson_writes_them():
+    """Below FLOAT_BOUND msgspec and orjson write every float alike (the batch path leaves larger ones to the schema)."""
+    import struct
+
+    import msgspec
+
+    from ingest.batchpath import FLOAT_BOUND
+
+    rng = random.Random(3)
+    floats = [struct.unpack("d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(50_000)]
+    floats += [rng.uniform(0, FLOAT_BOUND) for _ in range(50_000)] + [round(rng.uniform(0, 100), rng.randint(0, 9)) for _ in range(10_000)]
+    floats += [FLOAT_BOUND * (1 - 2**-52), 1e15, 0.1, 5e-324, -0.0, 1e-7]
+    encode = msgspec.json.Encoder().encode
+    assert [x for x in floats if abs(x) < FLOAT_BOUND and encode(x) != orjson.dumps(x)] == []
+    assert encode(FLOAT_BOUND) != orjson.dumps(FLOAT_BOUND)  # why the bound is there: 1e16 against 1e+16
+
+
 def test_batch_receiver_gives_whole_datagrams_and_their_sources():
     from ingest.recvmmsg import BATCH, BatchReceiver
 

@@ -1,8 +1,12 @@
 """Query benchmark: summary and series over 7 days × 100 services, 16 concurrent clients.
 
     python bench/query.py [--days 7] [--services 100] [--clients 16] [--saturated-seconds 30] [--paced-seconds 0]
+                          [--wrk-seconds 30] [--set NAME=VALUE] [--versus-tree DIR] [--versus-set NAME=VALUE]
 
-(the record: ``python bench/query.py``, about 2-3 minutes on an idle machine)
+(the record: ``python bench/query.py --paced-rate 160 --paced-seconds 30``, about 3 minutes on an idle
+machine; two server processes against one, by turns, about 4 minutes: ``python bench/query.py
+--baseline-seconds 10 --paced-rate 160 --paced-seconds 15 --saturated-seconds 15 --wrk-seconds 15
+--set api_processes=2 --versus-set api_processes=1``)
 
 1. Builds the views in a temporary data directory: a batch view of ``--days``
    days × ``--services`` services at 1 msg/s (minute windows of count 60,
@@ -49,6 +53,23 @@
      wait too.
    - ``saturated``: ``--clients`` clients in a closed loop: the most requests/s
      the server gives, and the latency then.  This is the issue's figure.
+   - ``wrk`` (off with ``--wrk-seconds 0``): the same closed loop from
+     ``wrk`` (``-c --clients -t --wrk-threads``, Debian's wrk 4.1.0) with a
+     Lua script the bench writes: the same mix, ``to`` = wrk's clock (whole
+     seconds), every answer that is not a 2xx counted (the bench fails on
+     any).  A load generator in C takes ~0.1 core where the Python clients
+     take most of one (``generator_cpu_cores``): the server's figures with
+     less of the machine taken from it.  Overall figures only (wrk keeps one
+     latency histogram).
+
+``--versus-tree DIR`` (a source tree, e.g. ``git archive HEAD | tar -x -C
+DIR``) and/or ``--versus-set NAME=VALUE``: a second server over the same
+views, with that code or those settings; each phase runs on both by turns,
+and a table of ratios (this / compared) ends the output: old against new
+code, or ``api_processes`` 2 against 1, measured under the same load.  With
+``api_processes`` > 1 every process has its own cache, so the bench warms
+each (``warm_every_process``) after the cold pass, and the server's own
+mean times are left out (``/metrics`` is the answering process's).
 
 Every answer must be a 200 (and before the run one answer of each kind is
 checked for its counts).  Printed per phase and query type: requests, req/s,
@@ -257,25 +278,45 @@ class RealtimePublisher(threading.Thread):
 # ---------------------------------------------------------------- the server
 
 
-def start_server(data_dir: str, overrides: list[str]):
+def start_server(data_dir: str, overrides: list[str], tree: Path = REPO, label: str = "serve"):
+    """``healthmon serve`` of the source tree ``tree`` (another checkout: the code to compare with) on a free port, up."""
+    import subprocess
+
     import requests
 
-    from tests.procs import free_port, start_healthmon, wait_until
+    from tests.procs import HEALTHMON, free_port, healthmon_env, wait_until
 
     port = free_port()
     env = {"HEALTHMON_DATA_DIR": data_dir, "HEALTHMON_API_PORT": str(port)}
     for item in overrides:
         name, _, value = item.partition("=")
         env[f"HEALTHMON_{name.upper()}"] = value
-    proc = start_healthmon(["serve"], env)
+    log_path = Path(data_dir) / "logs" / f"{label}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:  # `python -m` imports from the working directory first: the tree's own code
+        proc = subprocess.Popen([*HEALTHMON, "serve"], cwd=tree, env=healthmon_env(env), stdout=log, stderr=subprocess.STDOUT)
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError("healthmon serve exited: " + Path(proc.log_path).read_text()[-2000:])
+            raise RuntimeError("healthmon serve exited: " + log_path.read_text()[-2000:])
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
 
     wait_until(up, 60, "API up", interval=0.05)
     return proc, port
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by the server process and its children (``api_processes`` > 1)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += sum(proc.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def check_answers(port: int, services: int, data_from: int) -> None:
@@ -332,6 +373,41 @@ def cold_pass(port: int, services: int, bar) -> dict:
     }
 
 
+def warm_every_process(port: int, services: int, connections: int) -> float:
+    """Every distinct query once on each of ``connections`` new connections at once; the seconds it took.
+
+    With ``api_processes`` > 1 each server process has its own cache and accepts connections as they come: the
+    cold pass warmed the one that took its connection.  Many connections land on every process (all on one:
+    2^-(connections-1) for two), so the measured phases see the steady state of a long-running API as the
+    one-process server does after its cold pass.
+    """
+    paths = [request_path(kind, time.time(), service_name(i)) for kind in KINDS
+             for i in range(1 if MIX[kind][0] == "summary" else services)]
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(connections)]
+    for conn in conns:
+        conn.connect()  # all open before any request: the processes share them out
+    failures: list[str] = []
+
+    def ask(conn: http.client.HTTPConnection, seed: int) -> None:
+        for path in random.Random(seed).sample(paths, len(paths)):
+            conn.request("GET", path)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                failures.append(f"{path}: {answer.status}")
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=ask, args=(conn, i)) for i, conn in enumerate(conns)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"warming: {len(failures)} answers not 200, first {failures[0]}")
+    return round(time.perf_counter() - started, 1)
+
+
 def server_times(port: int) -> dict[str, tuple[float, float]]:
     """(sum seconds, count) of the server's request histogram per endpoint (status 200)."""
     import requests
@@ -343,6 +419,16 @@ def server_times(port: int) -> dict[str, tuple[float, float]]:
                 endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
                 out.setdefault(endpoint, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
     return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def server_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The server's mean ms per request by endpoint between two ``server_times``."""
+    means = {}
+    for endpoint, (total, count) in after.items():
+        before_total, before_count = before.get(endpoint, (0.0, 0.0))
+        if count > before_count and endpoint != "/metrics":
+            means[endpoint] = round(1000 * (total - before_total) / (count - before_count), 2)
+    return means
 
 
 # ---------------------------------------------------------------- clients (child processes)
@@ -392,10 +478,8 @@ def client(port: int, seed: int, services: int, rate: float, start_at: float, re
     out.put((records, errors))
 
 
-def run_phase(port: int, server_pid: int, clients: int, rate: float, args, seconds: float, bar, label: str) -> dict:
+def run_phase(port: int, server_pid: int, clients: int, rate: float, args, seconds: float, bar, label: str, own_times: bool = True) -> dict:
     """``clients`` client processes (``rate`` req/s in all; 0: closed loop) for ``args.warmup + seconds``; the recorded figures."""
-    import psutil
-
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Value("q", 0)
     out = ctx.Queue()
@@ -410,9 +494,8 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
     for p in procs:
         p.start()
     server_before = server_times(port)
-    server = psutil.Process(server_pid)
     time.sleep(max(0.0, record_from - time.time()))
-    cpu_before = sum(server.cpu_times()[:2])
+    cpu_before = server_cpu_s(server_pid)
     watch = CpuWatch()
     shown = 0.0
     while time.time() < end_at:
@@ -423,7 +506,7 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
             shown += step
         bar.set_postfix_str(f"{label}: {done.value} requests", refresh=False)
     bar.update(max(0.0, seconds - shown))
-    cpu_server = sum(server.cpu_times()[:2]) - cpu_before
+    cpu_server = server_cpu_s(server_pid) - cpu_before
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(10)
@@ -431,12 +514,7 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
     records = [r for recs, _ in results for r in recs]
     errors = [e for _, errs in results for e in errs]
     by_kind = {kind: figures([e for k, e, s in records if KINDS[k] == kind and s == 200], seconds) for kind in KINDS}
-    server_after = server_times(port)
-    server_mean = {}
-    for endpoint, (total, count) in server_after.items():
-        before_total, before_count = server_before.get(endpoint, (0.0, 0.0))
-        if count > before_count and endpoint != "/metrics":
-            server_mean[endpoint] = round(1000 * (total - before_total) / (count - before_count), 2)
+    server_mean = server_means(server_before, server_times(port)) if own_times else None
     return {
         "clients": clients, "offered_req_per_s": rate or None, "seconds": seconds,
         "overall": figures([e for _, e, s in records if s == 200], seconds), "by_query": by_kind,
@@ -444,6 +522,121 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
         "server_cpu_cores": round(cpu_server / seconds, 2), "server_mean_ms_by_endpoint": server_mean,
         # CPU time the server spent per answer: much less disturbed by other processes than the latencies
         "server_cpu_ms_per_request": round(1000 * cpu_server / max(1, len(records)), 2),
+        "cpu": cpu,
+    }
+
+
+WRK = "/usr/bin/wrk"
+WRK_SCRIPT = """-- generated by bench/query.py: the bench's mix of queries, each kind equally often, ``to`` = this client's clock
+local kinds = {%(kinds)s}
+local services = %(services)d
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("seed", #threads)
+end
+
+function init(args)
+  math.randomseed(seed * 7919 + os.time())
+  non2xx = 0
+  first_bad = ""
+end
+
+function request()
+  local to = os.time()
+  local kind = kinds[math.random(#kinds)]
+  local path
+  if kind[1] == "summary" then
+    path = string.format("/api/v1/summary?from=%%d&to=%%d", to - kind[2], to)
+  else
+    local service = math.random(0, services - 1)
+    path = string.format("/api/v1/services/svc-%%03d/series?from=%%d&to=%%d&step=%%s", service, to - kind[2], to, kind[3])
+  end
+  return wrk.format("GET", path)
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+    if first_bad == "" then first_bad = status .. " " .. string.sub(body, 1, 200) end
+  end
+end
+
+function done(summary, latency, requests)
+  local bad, sample = 0, ""
+  for _, thread in ipairs(threads) do
+    bad = bad + thread:get("non2xx")
+    if sample == "" then sample = thread:get("first_bad") end
+  end
+  local e = summary.errors
+  io.write(string.format('WRK_RESULT {"requests": %%d, "duration_us": %%d, "non2xx": %%d, "socket_errors": %%d, "timeouts": %%d, ' ..
+    '"p50_us": %%d, "p95_us": %%d, "p99_us": %%d, "mean_us": %%.1f, "max_us": %%d}\\n', summary.requests, summary.duration, bad,
+    e.connect + e.read + e.write, e.timeout, latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    latency.mean, latency.max))
+  io.write("WRK_FIRST_BAD " .. string.gsub(sample, "%%s+", " ") .. "\\n")
+end
+"""
+
+
+def wrk_script(services: int) -> str:
+    """The Lua script that makes wrk draw the bench's requests (``MIX``) and report its figures as one JSON line."""
+    kinds = ", ".join(f'{{"{endpoint}", {range_s}, "{step or ""}"}}' for endpoint, range_s, step in MIX.values())
+    return WRK_SCRIPT % {"kinds": kinds, "services": services}
+
+
+def run_wrk(port: int, server_pid: int, args, seconds: float, bar, script: Path, own_times: bool = True) -> dict:
+    """wrk, ``args.clients`` connections in a closed loop (``args.wrk_threads`` threads): ``args.warmup`` s unmeasured, then ``seconds``.
+
+    A load generator in C: the 16 Python client processes take ~1 core of the two, wrk a small part of one
+    (``generator_cpu_cores``).  Every answer must be a 2xx: the script counts the others (and wrk's socket errors)
+    and the bench fails loudly on any.
+    """
+    import json
+    import resource
+    import subprocess
+
+    def wrk(duration: int) -> tuple[dict, str]:
+        argv = [WRK, "-c", str(args.clients), "-t", str(args.wrk_threads), "-d", f"{duration}s", "--timeout", "30s",
+                "-s", str(script), f"http://127.0.0.1:{port}"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        lines = done.stdout.splitlines()
+        found = [line.split(" ", 1)[1] for line in lines if line.startswith("WRK_RESULT ")]
+        if done.returncode != 0 or not found:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-1000:]} {done.stderr[-1000:]}")
+        bad = next((line.split(" ", 1)[1] if " " in line else "" for line in lines if line.startswith("WRK_FIRST_BAD")), "")
+        return json.loads(found[0]), bad
+
+    if args.warmup > 0:
+        wrk(max(1, round(args.warmup)))
+    duration = max(1, round(seconds))
+    server_before = server_times(port)
+    cpu_before = server_cpu_s(server_pid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    watch = CpuWatch()
+    bar.set_postfix_str(f"wrk: {duration} s", refresh=True)
+    raw, first_bad = wrk(duration)
+    cpu = watch.stop()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_server = server_cpu_s(server_pid) - cpu_before
+    bar.update(duration)
+    wall = raw["duration_us"] / 1e6
+    generator_s = (children_after.ru_utime - children_before.ru_utime) + (children_after.ru_stime - children_before.ru_stime)
+    errors = raw["non2xx"] + raw["socket_errors"] + raw["timeouts"]
+    if errors:
+        raise RuntimeError(f"wrk: {raw['non2xx']} answers not 2xx, {raw['socket_errors']} socket errors, {raw['timeouts']} timeouts; "
+                           f"first: {first_bad[:300]}")
+    p99 = raw["p99_us"] / 1000
+    return {
+        "clients": args.clients, "generator": f"wrk -c {args.clients} -t {args.wrk_threads} (closed loop)", "seconds": round(wall, 1),
+        "overall": {"requests": raw["requests"], "req_per_s": round(raw["requests"] / wall, 1),
+                    "p50_ms": round(raw["p50_us"] / 1000, 2), "p95_ms": round(raw["p95_us"] / 1000, 2), "p99_ms": round(p99, 2),
+                    "mean_ms": round(raw["mean_us"] / 1000, 2), "max_ms": round(raw["max_us"] / 1000, 2),
+                    "p99_over_target": round(p99 / TARGET_P99_MS, 2)},
+        "errors": errors, "server_cpu_cores": round(cpu_server / wall, 2),
+        "server_cpu_ms_per_request": round(1000 * cpu_server / max(1, raw["requests"]), 2),
+        "generator_cpu_cores": round(generator_s / wall, 2),
+        "server_mean_ms_by_endpoint": server_means(server_before, server_times(port)) if own_times else None,
         "cpu": cpu,
     }
 
@@ -467,7 +660,7 @@ def figures(latencies: list[float], seconds: float) -> dict:
 
 # ---------------------------------------------------------------- report
 
-PHASE_COLORS = {"cold": "#bdbdbd", "baseline": "#6baed6", "paced": "#fd8d3c", "saturated": "#a63603"}
+PHASE_COLORS = {"cold": "#bdbdbd", "baseline": "#6baed6", "paced": "#fd8d3c", "saturated": "#a63603", "wrk": "#54278f"}
 
 
 def phase_label(name: str, phase: dict) -> str:
@@ -477,6 +670,8 @@ def phase_label(name: str, phase: dict) -> str:
         return "1 client"
     if name == "paced":
         return f"{phase['clients']} clients, {phase['offered_req_per_s']:g} req/s"
+    if name == "wrk":
+        return f"wrk, {phase['clients']} connections, closed loop"
     return f"{phase['clients']} clients, closed loop"
 
 
@@ -492,7 +687,7 @@ def chart(result: dict, path: Path) -> None:
     fig, (ax, ax_rate) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3.2, 1]})
     width = 0.8 / len(phases)
     for i, (name, phase) in enumerate(phases):
-        rows = [phase["overall"] if label == "overall" else phase["by_query"][label] for label in labels]
+        rows = [phase["overall"] if label == "overall" else phase.get("by_query", {}).get(label, {}) for label in labels]
         xs = [x + (i - (len(phases) - 1) / 2) * width for x in range(len(labels))]
         ax.bar(xs, [r.get("p99_ms", 0) for r in rows], width, color=PHASE_COLORS[name], label=f"{phase_label(name, phase)}: p99")
         ax.scatter(xs, [r.get("p50_ms", 0) for r in rows], marker="_", s=120, color="black", zorder=3,
@@ -523,18 +718,39 @@ def print_table(name: str, phase: dict) -> None:
     else:
         print(f"\n{name} ({phase_label(name, phase)}): {phase['seconds']:g} s, errors {phase['errors']}, "
               f"server CPU {phase['server_cpu_cores']} cores, {phase['server_cpu_ms_per_request']} ms a request; "
-              f"other processes {phase['cpu']['others_cores']} cores")
+              f"other processes {phase['cpu']['others_cores']} cores"
+              + (f", the load generator {phase['generator_cpu_cores']} cores" if "generator_cpu_cores" in phase else ""))
     header = f"{'query':<15} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p99/target':>10}"
     print(header)
     print("-" * len(header))
-    for label, row in [*phase["by_query"].items(), ("overall", phase["overall"])]:
+    for label, row in [*phase.get("by_query", {}).items(), ("overall", phase["overall"])]:
         if not row.get("requests"):
             print(f"{label:<15} {0:>8}")
             continue
         print(f"{label:<15} {row['requests']:>8} {row['req_per_s']:>7} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['p99_ms']:>8} "
               f"{row['p99_over_target']:>10}")
-    if "server_mean_ms_by_endpoint" in phase:
+    if phase.get("server_mean_ms_by_endpoint"):
         print("server's own mean time (ms): " + ", ".join(f"{k} {v}" for k, v in phase["server_mean_ms_by_endpoint"].items()))
+
+
+def print_versus(phases: dict, versus: dict) -> None:
+    """Each phase's figures of this tree's server beside the compared one's, with their ratios (this / compared)."""
+    print(f"\nthis tree {'(' + ' '.join(versus['this_settings']) + ')' if versus['this_settings'] else ''} against "
+          f"{versus['tree']} {' '.join(versus['settings'])}, measured by turns in this run: this / compared")
+    header = f"{'phase':<10} {'req/s':>17} {'p50 ms':>19} {'p99 ms':>19} {'CPU ms/request':>19}"
+    print(header)
+    print("-" * len(header))
+    for name, ours in phases.items():
+        theirs = versus["phases"].get(name)
+        if theirs is None or name == "cold":
+            continue
+        cells = []
+        for key in ("req_per_s", "p50_ms", "p99_ms"):
+            a, b = ours["overall"].get(key, 0), theirs["overall"].get(key, 0)
+            cells.append(f"{a:>6g}/{b:<6g} {a / b if b else 0:>4.2f}")
+        a, b = ours["server_cpu_ms_per_request"], theirs["server_cpu_ms_per_request"]
+        cells.append(f"{a:>6g}/{b:<6g} {a / b if b else 0:>4.2f}")
+        print(f"{name:<10} " + " ".join(f"{c:>19}" for c in cells))
 
 
 def main() -> int:
@@ -546,14 +762,22 @@ def main() -> int:
     parser.add_argument("--baseline-seconds", type=float, default=15.0, help="measured time of the one-client phase (0: skip)")
     parser.add_argument("--paced-seconds", type=float, default=0.0, help="measured time of the paced phase (0: skip)")
     parser.add_argument("--saturated-seconds", type=float, default=30.0, help="measured time of the closed-loop phase (0: skip)")
-    parser.add_argument("--warmup", type=float, default=5.0,
-                        help="unmeasured time before each phase (each server thread opens its own DuckDB connection)")
+    parser.add_argument("--wrk-seconds", type=float, default=30.0, help="measured time of the wrk phase (0: skip)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="threads of wrk (each an event loop over its connections)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured time before each phase")
     parser.add_argument("--layout", choices=["build", "appended"], default="build",
                         help="batch rows as the build stores them, or appended hour by hour without clustering (before the fix)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting of the server (e.g. api_threads=16)")
+    parser.add_argument("--versus-tree", type=Path, default=None, metavar="DIR",
+                        help="also serve the views with the code of this source tree (e.g. `git archive HEAD | tar -x -C DIR`) "
+                             "and measure each phase on both servers by turns")
+    parser.add_argument("--versus-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of the compared server (with no --versus-tree: the same code, other settings)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "query.json"), help="results JSON (the chart goes beside it, .png)")
     args = parser.parse_args()
+    if args.wrk_seconds > 0 and not os.access(WRK, os.X_OK):
+        parser.error(f"{WRK} is missing (scripts/setup.sh installs it; or --wrk-seconds 0)")
 
     from tqdm import tqdm
 
@@ -573,22 +797,47 @@ def main() -> int:
     built = build_views(settings, now, args.days, args.services, args.layout)
     print(f"  {built['batch_window_rows']:,} batch window rows ({built['batch_view_bytes'] / 1e6:.0f} MB), "
           f"{built['realtime_window_rows']:,} real-time rows, {built['build_s']} s", flush=True)
-    proc, port = start_server(data_dir, args.overrides)
+    servers = {"this": start_server(data_dir, args.overrides)}
+    settings_of = {"this": args.overrides}
+    if args.versus_tree or args.versus_set:
+        servers["versus"] = start_server(data_dir, args.versus_set, (args.versus_tree or REPO).resolve(), "versus")
+        settings_of["versus"] = args.versus_set
+    # /metrics is the answering process's own: with several server processes its request histogram is a part
+    one_process = {label: not any(item.replace(" ", "").startswith("api_processes=") and item.split("=", 1)[1].strip() != "1"
+                                  for item in overrides) for label, overrides in settings_of.items()}
+    script = Path(data_dir) / "mix.lua"
+    script.write_text(wrk_script(args.services))
     publisher = RealtimePublisher(settings, args.services, built["batch_from"], built["realtime_reach"], settings.speed_trigger_s)
     publisher.start()
-    phases = {}
+    by_server: dict[str, dict] = {label: {} for label in servers}
+    codes = {}
     try:
-        with tqdm(total=3 + 4 * args.services, unit="query", desc="cold pass") as bar:
-            phases["cold"] = cold_pass(port, args.services, bar)
-        check_answers(port, args.services, built["batch_from"])
-        with tqdm(total=sum(seconds for *_, seconds in plan), unit="s", desc="query bench",
+        for label, (_proc, port) in servers.items():
+            with tqdm(total=3 + 4 * args.services, unit="query", desc=f"cold pass ({label})") as bar:
+                by_server[label]["cold"] = cold_pass(port, args.services, bar)
+            check_answers(port, args.services, built["batch_from"])
+            if not one_process[label]:
+                print(f"warming every server process ({label}): {warm_every_process(port, args.services, 8)} s", flush=True)
+        measured = sum(seconds for *_, seconds in plan) + max(0.0, args.wrk_seconds)
+        with tqdm(total=measured * len(servers), unit="s", desc="query bench",
                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}") as bar:
             for name, clients, rate, seconds in plan:
-                phases[name] = run_phase(port, proc.pid, clients, rate, args, seconds, bar, name)
+                for label, (proc, port) in servers.items():  # by turns, so that both see the same machine
+                    by_server[label][name] = run_phase(port, proc.pid, clients, rate, args, seconds, bar, name, one_process[label])
+            if args.wrk_seconds > 0:
+                for label, (proc, port) in servers.items():
+                    by_server[label]["wrk"] = run_wrk(port, proc.pid, args, args.wrk_seconds, bar, script, one_process[label])
     finally:
         realtime_publishes = publisher.stop()
-        code = stop_process(proc)
+        for label, (proc, _port) in servers.items():
+            codes[label] = stop_process(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
+    phases = by_server["this"]
+    code = codes["this"]
+    versus = None
+    if "versus" in servers:
+        versus = {"tree": str(args.versus_tree or REPO), "settings": args.versus_set, "this_settings": args.overrides,
+                  "server_exit_code": codes["versus"], "phases": by_server["versus"]}
     result = {
         "bench": "query", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": info,
         "loadavg_at_end": os.getloadavg(),
@@ -596,16 +845,19 @@ def main() -> int:
                    "layout": args.layout, "settings": args.overrides,
                    "mix": {k: {"endpoint": e, "range_s": r, "step": s} for k, (e, r, s) in MIX.items()}},
         "views": built, "realtime_publishes": realtime_publishes, "target_p99_ms": TARGET_P99_MS, "server_exit_code": code, **phases,
+        "versus": versus,
     }
     for name, phase in phases.items():
         print_table(name, phase)
+    if versus is not None:
+        print_versus(phases, versus)
     out = Path(args.out)
     write_results(result, out, chart)
     print(f"\nreal-time view published {realtime_publishes['publishes']} times (every {realtime_publishes['interval_s']:g} s, "
           f"{realtime_publishes['mean_publish_ms']} ms each)")
     print(f"load average: {info['loadavg_at_start'][0]:.2f} at start, {result['loadavg_at_end'][0]:.2f} at end")
     print(f"results: {out}, chart: {out.with_suffix('.png')}")
-    return 0 if all(p["errors"] == 0 for p in phases.values()) else 1
+    return 0 if all(p["errors"] == 0 for server in by_server.values() for p in server.values()) else 1
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API and dashboard")
     serve.add_argument("--host", dest="api_host")
     serve.add_argument("--port", dest="api_port", type=int)
+    serve.add_argument("--processes", dest="api_processes", type=int, help="server processes sharing the port (0: one per core)")
 
     mock = sub.add_parser("mock", help="send deterministic health messages from simulated services")
     from mock_services.sender import add_arguments

@@ -101,6 +101,8 @@ class Settings:
     api_host: str = setting("127.0.0.1", "Address the HTTP API listens on.")
     api_port: int = setting(5555, "Port of the HTTP API.", minimum=0, maximum=65535)
     api_threads: int = setting(8, "Worker threads of the HTTP server.", minimum=1, maximum=256)
+    api_processes: int = setting(1, "HTTP server processes sharing the API's socket, each with api_threads threads (0: one per core).",
+                                 minimum=0, maximum=64)
     api_default_range_s: int = setting(3600, "Range of a query that gives no 'from'.", minimum=60)
     api_max_points: int = setting(5000, "Most points one series answer may hold.", minimum=10)
     api_max_range_days: float = setting(3660.0, "Longest range (to - from) one query may ask for, days.", minimum=1)

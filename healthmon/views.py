@@ -248,13 +248,23 @@ def read_view_horizon(view_path: Path) -> int:
 
 
 class ViewReader:
-    """Read-only access to both views, one DuckDB connection per thread.
+    """Read-only access to both views for any number of threads: two shared DuckDB instances, a cursor per thread.
 
-    The connection is in-memory with the two files ATTACHed read-only as
-    ``b`` and ``rt``; a file is re-attached when its inode changes (a writer
-    published a new version).  A missing file is stood in for by an empty
-    in-memory database with the same tables, so queries need no special case.
-    Reopening per request would cost ~17 ms; this costs well under 1 ms.
+    An instance is in-memory with the two files ATTACHed read-only as ``b``
+    and ``rt``.  A missing file is stood in for by an empty in-memory
+    database with the same tables, so queries need no special case.
+
+    ``connection()`` gives this thread a cursor on the *current* instance
+    and pins it there until the thread calls ``connection()`` again or
+    ``release()`` (the API does at the end of each request): while pinned,
+    the files attached there do not change, so one request reads one pair
+    of files and ``identity()`` names them.  When a writer has published a
+    new file (its identity changed), the first thread to notice attaches it
+    to the *spare* instance, once no thread is pinned there any more, and
+    makes that one current; the threads that arrive meanwhile read the pair
+    before.  So a publication is attached once per process, not once per
+    thread and all at once after every publication, no request waits for
+    another to finish, and the threads share the buffer pools.
 
     The real-time file is looked at before the batch file: the batch layer
     publishes a new horizon first and real-time rows below it are expired
@@ -267,45 +277,64 @@ class ViewReader:
     def __init__(self, views_dir: Path) -> None:
         self.views_dir = Path(views_dir)
         self._local = threading.local()
-        self._all: list[duckdb.DuckDBPyConnection] = []
-        self._all_lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._current, self._spare = _Instance(), _Instance()
+        self._switching = False  # a thread is attaching new files to the spare instance
 
     def connection(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor with the newest published files attached (or the pair before, while another thread attaches those)."""
+        self.release()
+        identities = {alias: self._file_identity(self.views_dir / name) for alias, name in self.ALIASES}
+        with self._lock:
+            while True:
+                current = self._current
+                if current.identities is not None and (current.identities == identities or self._switching or self._spare.pins):
+                    return self._pin(current)
+                if not self._switching:
+                    break
+                self._lock.wait()  # nothing attached yet, and the first attach is under way
+            self._switching = True
+            spare = self._spare
+        try:
+            spare.attach(self.views_dir, self.ALIASES, identities)
+        finally:
+            with self._lock:
+                self._switching = False
+                if spare.identities is not None:
+                    self._current, self._spare = spare, current
+                self._lock.notify_all()
+        with self._lock:
+            return self._pin(self._current)
+
+    def _pin(self, instance: _Instance) -> duckdb.DuckDBPyConnection:
+        """(Under the lock) pin ``instance`` for this thread; this thread's cursor on it."""
+        instance.pins += 1
         local = self._local
-        if getattr(local, "con", None) is None:
-            local.con = duckdb.connect(":memory:")
-            # One DuckDB thread per query: requests are small and already run in parallel in the
-            # server's threads, and a single-threaded sum is deterministic to the last bit.
-            local.con.execute("SET threads = 1")
-            local.inodes = {}
-            with self._all_lock:
-                self._all.append(local.con)
-        for alias, name in self.ALIASES:
-            path = self.views_dir / name
-            inode = self._file_identity(path)
-            while alias not in local.inodes or local.inodes[alias] != inode:
-                if alias in local.inodes:
-                    # Forget the old state first: if the ATTACH below fails (a damaged file), the next call
-                    # must not DETACH an alias that is no longer attached, and retries the ATTACH instead.
-                    del local.inodes[alias]
-                    local.con.execute(f"DETACH DATABASE IF EXISTS {alias}")
-                if inode is None:
-                    local.con.execute(f"ATTACH ':memory:' AS {alias}")
-                    create_schema(local.con, alias)
-                else:
-                    local.con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
-                local.inodes[alias] = inode
-                # A file published between the stat and the ATTACH: attach again, so that identity() names what is attached.
-                inode = self._file_identity(path)
-        return local.con
+        local.pinned = instance
+        if not hasattr(local, "cursors"):
+            local.cursors = {}
+        key = (id(instance), instance.opened)
+        cursor = local.cursors.get(key)
+        if cursor is None:
+            cursor = local.cursors[key] = instance.con.cursor()
+            instance.cursors.append(cursor)
+        return cursor
+
+    def release(self) -> None:
+        """Unpin this thread's instance: the files it read there may be replaced by newer ones."""
+        instance = getattr(self._local, "pinned", None)
+        if instance is not None:
+            self._local.pinned = None
+            with self._lock:
+                instance.pins -= 1
 
     def identity(self, alias: str) -> tuple[int, ...] | None:
-        """(device, inode, size, mtime_ns, ctime_ns) of the file attached as ``alias`` here (this thread); None: the empty stand-in.
+        """(device, inode, size, mtime_ns, ctime_ns) of the file attached as ``alias`` for this thread; None: the empty stand-in.
 
         A published file never changes, so this names its content: caches of
         answers from the batch view key on it (``serving.queries.BatchCache``).
         """
-        return self._local.inodes[alias]
+        return self._local.pinned.identities[alias]
 
     @staticmethod
     def _file_identity(path: Path) -> tuple[int, ...] | None:
@@ -318,16 +347,63 @@ class ViewReader:
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def close_all(self) -> None:
-        """Close every thread's connection (once those threads are stopped).
+        """Close both instances and every cursor on them (once the threads that read are stopped).
 
         A DuckDB connection left for the interpreter's final garbage collection
         can abort the process at exit ("terminate called without an active exception").
         """
-        with self._all_lock:
-            cons, self._all = self._all, []
-        for con in cons:
-            with contextlib.suppress(duckdb.Error):
-                con.close()
+        with self._lock:
+            for instance in (self._current, self._spare):
+                instance.close()
+
+
+class _Instance:
+    """One in-memory DuckDB instance of a ``ViewReader`` with the view files attached, and the cursors made on it."""
+
+    def __init__(self) -> None:
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.opened = 0  # how many times ``con`` was opened: names this instance's cursors
+        self.identities: dict[str, tuple[int, ...] | None] | None = None  # of the attached files, by alias; None: not ready
+        self.attached: dict[str, tuple[int, ...] | None] = {}  # what each alias holds (ahead of ``identities`` while attaching)
+        self.pins = 0  # threads reading it
+        self.cursors: list[duckdb.DuckDBPyConnection] = []
+
+    def attach(self, views_dir: Path, aliases: tuple[tuple[str, str], ...], identities: dict) -> None:
+        """Attach the files ``identities`` names (statting again until what is attached is what is named); nobody reads meanwhile."""
+        if self.con is None:
+            self.con = duckdb.connect(":memory:")
+            self.opened += 1
+            # One DuckDB thread per query: requests are small and already run in parallel in the
+            # server's threads, and a single-threaded sum is deterministic to the last bit.
+            self.con.execute("SET threads = 1")
+        self.identities = None
+        for alias, name in aliases:
+            path = views_dir / name
+            identity = identities[alias]
+            while alias not in self.attached or self.attached[alias] != identity:
+                if alias in self.attached:
+                    # Forget the old state first: if the ATTACH below fails (a damaged file), the next attempt
+                    # must not DETACH an alias that is no longer attached, and retries the ATTACH instead.
+                    del self.attached[alias]
+                    self.con.execute(f"DETACH DATABASE IF EXISTS {alias}")
+                if identity is None:
+                    self.con.execute(f"ATTACH ':memory:' AS {alias}")
+                    create_schema(self.con, alias)
+                else:
+                    self.con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
+                self.attached[alias] = identity
+                # A file published between the stat and the ATTACH: attach again, so that identities name what is attached.
+                identity = ViewReader._file_identity(path)
+        self.identities = dict(self.attached)
+
+    def close(self) -> None:
+        cursors, self.cursors = self.cursors, []
+        for con in [*cursors, self.con]:
+            if con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+        self.con, self.identities, self.attached, self.pins = None, None, {}, 0
+
 
 def expire_below(view_path: Path, horizon: int) -> int:
     """Delete real-time windows below ``horizon`` (the batch view covers them); returns rows deleted."""

@@ -2,9 +2,10 @@
 
 ``create_app(settings, clock=time.time)`` builds it; ``serving.server.run``
 serves it with waitress.  One ``ViewReader`` per app gives every worker thread
-its own DuckDB connection with both view files attached read-only, re-attached
-when a writer publishes a new file, so a request costs a couple of ``stat``
-calls and one or two small queries.  The SQL and the merge rule live in
+a cursor on a DuckDB instance shared by the threads, with both view files
+attached read-only; a newly published file is attached once per process (not
+once per thread), so a request costs a couple of ``stat`` calls and one or two
+small queries.  The SQL and the merge rule live in
 ``serving.queries``; parameter parsing in ``serving.params``; the one error
 shape in ``serving.errors``.
 
@@ -153,11 +154,15 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
     def connection():
         return reader.connection()
 
+    @app.teardown_request
+    def unpin_view_files(_exc):
+        reader.release()  # the files this request read may now be replaced by newer ones (ViewReader.connection)
+
     def views() -> queries.Snapshot:
         con = connection()
         return queries.snapshot(con, batch_cache, reader.identity("b"), reader.identity("rt"), settings.window_s)
 
-    registry, request_latency = make_registry(settings, connection, clock)
+    registry, request_latency = make_registry(settings, connection, clock, cache=batch_cache)
 
     @app.before_request
     def start_timer():

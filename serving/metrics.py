@@ -3,7 +3,11 @@
 Two kinds of metrics, in one registry per app:
 
 - the API's own request latency (``healthmon_api_request_duration_seconds``,
-  a histogram by endpoint and status), observed around every request;
+  a histogram by endpoint and status), observed around every request, and its
+  answer cache (``healthmon_api_cache_lookups_total`` by result: hit, miss, or
+  wait for the thread computing the same part; ``healthmon_api_cache_size_bytes``);
+  both are this process's own (with ``api_processes`` > 1, of the process
+  that answered the scrape);
 - the pipeline's state, read at scrape time by a custom collector from what
   the other processes publish: collector counters (``state/collector-*.json``),
   batch build records (``state/batch_runs.jsonl``: outcomes, and durations as
@@ -106,10 +110,32 @@ class PipelineCollector:
         yield rows
 
 
-def make_registry(settings: Settings, connection: Callable, clock: Callable[[], float] = time.time) -> tuple[CollectorRegistry, Histogram]:
-    """A registry with the pipeline collector and the API request histogram (returned to observe requests)."""
+class CacheCollector:
+    """The counters of the API's answer cache (``serving.queries.BatchCache``), read at every scrape."""
+
+    def __init__(self, cache: queries.BatchCache) -> None:
+        self.cache = cache
+
+    def collect(self):
+        cache = self.cache
+        lookups = CounterMetricFamily("healthmon_api_cache_lookups", "Lookups of cached answer parts, by result: hit, miss "
+                                      "(computed by the asking thread), wait (for the thread computing the same part).",
+                                      labels=["result"])
+        for result, count in (("hit", cache.hits), ("miss", cache.misses), ("wait", cache.waits)):
+            lookups.add_metric([result], float(count))
+        yield lookups
+        yield GaugeMetricFamily("healthmon_api_cache_size_bytes", "Bytes of answer parts the cache holds (estimated).",
+                                value=float(cache.size_bytes))
+        yield GaugeMetricFamily("healthmon_api_cache_capacity_bytes", "Most bytes the cache holds.", value=float(cache.max_bytes))
+
+
+def make_registry(settings: Settings, connection: Callable, clock: Callable[[], float] = time.time,
+                  cache: queries.BatchCache | None = None) -> tuple[CollectorRegistry, Histogram]:
+    """A registry with the pipeline collector, the cache's counters and the API request histogram (returned to observe requests)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(settings, connection, clock))
+    if cache is not None:
+        registry.register(CacheCollector(cache))
     requests = Histogram(
         "healthmon_api_request_duration_seconds", "API request latency.", ["endpoint", "status"], registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

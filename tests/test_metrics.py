@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 import requests
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from healthmon.config import load_settings
 from healthmon.state import append_run, write_state
-from healthmon.views import BATCH_VIEW, REALTIME_VIEW, update_view
+from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader, update_view
+from serving.metrics import make_registry
+from serving.queries import BatchCache
 from tests.procs import start_healthmon, stop_process, wait_until
 
 
@@ -71,3 +76,37 @@ def test_metrics_expose_the_pipeline_state(tmp_path, free_tcp_port):
     assert got[("healthmon_view_rows", (("table", "speed_progress"), ("view", "realtime")))] == 1
     assert got[("healthmon_api_request_duration_seconds_count", (("endpoint", "/api/v1/summary"), ("status", "400")))] == 1
     assert got[("healthmon_api_request_duration_seconds_count", (("endpoint", "/healthz"), ("status", "200")))] >= 1
+
+
+def test_metrics_count_the_answer_cache_lookups(tmp_path):
+    """Hits, misses and waits (a thread that asked for the part another thread was computing) of the API's cache."""
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    cache = BatchCache(max_bytes=1000)
+    reader = ViewReader(settings.views_dir)  # no view files yet: the pipeline's part of the scrape reads empty stand-ins
+    registry, _ = make_registry(settings, reader.connection, cache=cache)
+    computing, go = threading.Event(), threading.Event()
+
+    def slow() -> tuple[str, int]:
+        computing.set()
+        go.wait(30)
+        return "value", 300
+
+    first = threading.Thread(target=lambda: cache.get("key", slow))
+    first.start()
+    computing.wait(30)
+    waiter = threading.Thread(target=lambda: cache.get("key", lambda: ("computed again", 300)))
+    waiter.start()
+    wait_until(lambda: cache.waits == 1, 30, "the second thread waits for the first")
+    go.set()
+    first.join(30)
+    waiter.join(30)
+    assert cache.get("key", lambda: ("computed again", 300)) == "value"
+    try:
+        got = samples(generate_latest(registry).decode())
+    finally:
+        reader.close_all()
+    assert got[("healthmon_api_cache_lookups_total", (("result", "miss"),))] == 1
+    assert got[("healthmon_api_cache_lookups_total", (("result", "wait"),))] == 1
+    assert got[("healthmon_api_cache_lookups_total", (("result", "hit"),))] == 2  # the waiter's second look, and the last get
+    assert got[("healthmon_api_cache_size_bytes", ())] == 300
+    assert got[("healthmon_api_cache_capacity_bytes", ())] == 1000

@@ -8,7 +8,11 @@ view swaps: ``tests/test_crash.py`` (10,000 reads during 50 swaps).
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -341,6 +345,58 @@ def test_api_server_in_a_thread(tmp_path, free_tcp_port):
         server.stop(wait=5)
     thread.join(5)
     assert not thread.is_alive()
+
+
+def _group_pids(proc: subprocess.Popen) -> list[int]:
+    """The pids of the server processes a ``healthmon serve`` with ``api_processes`` > 1 started, from its log."""
+    found = re.search(r"\((\d+) processes, pids ([\d, ]+)\)", Path(proc.log_path).read_text())
+    assert found, Path(proc.log_path).read_text()
+    return [int(pid) for pid in found.group(2).split(", ")]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_api_processes_share_the_port_and_stop_on_sigterm(tmp_path, free_tcp_port):
+    """api_processes=2: each server process answers on the one port (the other one stopped meanwhile); SIGTERM stops both."""
+    build_data(tmp_path)
+    proc, url = start_server(tmp_path, free_tcp_port, {"HEALTHMON_API_PROCESSES": "2"})
+    try:
+        pids = _group_pids(proc)
+        assert len(pids) == 2
+        for paused in pids:  # a stopped process cannot accept: the other one answers every new connection
+            os.kill(paused, signal.SIGSTOP)
+            try:
+                for _ in range(3):
+                    answer = requests.get(f"{url}/api/v1/summary", params={"from": S0, "to": END}, timeout=10)
+                    assert answer.status_code == 200
+                    assert [s["service"] for s in answer.json()["services"]] == list(SERVICES)
+            finally:
+                os.kill(paused, signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0  # the issue's limit for a stop
+        assert all(_gone(pid) for pid in pids)
+        assert "API stopped: all 2 servers" in Path(proc.log_path).read_text()
+    finally:
+        stop_process(proc)
+
+
+def test_api_processes_stop_when_one_dies(tmp_path, free_tcp_port):
+    """A server process that exits unasked stops the other, and ``healthmon serve`` exits 1 for its supervisor to see."""
+    proc, _url = start_server(tmp_path, free_tcp_port, {"HEALTHMON_API_PROCESSES": "2"})
+    try:
+        killed, other = _group_pids(proc)
+        os.kill(killed, signal.SIGKILL)
+        assert proc.wait(10) == 1
+        assert _gone(other)
+        assert "without being asked" in Path(proc.log_path).read_text()
+    finally:
+        stop_process(proc)
 
 
 # ---------------------------------------------------------------- the answer cache (serving.queries.BatchCache)

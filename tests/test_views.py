@@ -5,11 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pytest
 
-from healthmon.views import BATCH_VIEW, ViewReader, update_view, writer_lock
+from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader, update_view, writer_lock
 
 
 def _hold_lock(view, held, release) -> None:
@@ -74,4 +75,47 @@ def test_reader_recovers_after_a_damaged_view_file(tmp_path):
                     fresh=True)
         assert reader.connection().execute("SELECT sum(count) FROM b.health_window").fetchone() == (3,)
     finally:
+        reader.close_all()
+
+
+def test_reader_threads_share_one_attach_and_each_keeps_its_files_until_released(tmp_path):
+    """A publication is attached once for every thread; a thread that still reads keeps the files it started with."""
+    realtime = tmp_path / REALTIME_VIEW
+    update_view(tmp_path / BATCH_VIEW, lambda con: None, fresh=True)
+
+    def publish(rows: int) -> None:
+        update_view(realtime, lambda con: con.execute(f"INSERT INTO health_window (service, window_start, count) "
+                                                      f"SELECT 'a', i * 60, 1 FROM range({rows}) t(i)"), fresh=True)
+
+    def seen(con) -> tuple[int, int]:
+        """(rows of the real-time view, the database oid of its attach) through ``con``."""
+        (rows,) = con.execute("SELECT count(*) FROM rt.health_window").fetchone()
+        (oid,) = con.execute("SELECT database_oid FROM duckdb_databases() WHERE database_name = 'rt'").fetchone()
+        return rows, oid
+
+    def read():
+        """What this thread sees on a new request, and the cursor it got (pinned until its next request)."""
+        con = reader.connection()
+        return (*seen(con), reader.identity("rt")), con
+
+    reader = ViewReader(tmp_path)
+    one, two = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    try:
+        publish(1)
+        first, first_con = one.submit(read).result()
+        assert first[0] == 1
+        publish(2)
+        second, _ = two.submit(read).result()
+        assert second[0] == 2
+        assert read()[0][:2] == second[:2]  # a third thread reads the same attach of the new file: attached once
+        # thread one has not released: a later query of its request still reads the file it started with, named the same
+        assert one.submit(lambda: (seen(first_con), reader.identity("rt"))).result() == (first[:2], first[2])
+        publish(3)
+        assert read()[0][0] == 2  # the spare instance is still read by thread one: the newest file waits, the pair before is read
+        one.submit(reader.release).result()
+        assert read()[0][0] == 3
+        assert two.submit(read).result()[0][0] == 3
+    finally:
+        one.shutdown()
+        two.shutdown()
         reader.close_all()

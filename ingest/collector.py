@@ -237,6 +237,13 @@ class Collector:
         self.seq += 1
         return name
 
+    def _open_buffer(self, key: tuple[str, int], recv_ts: float) -> list:
+        """A new open segment's [lines, count] for ``key``; the first one opened sets when the open segments close."""
+        buf = self.raw_buffers[key] = [bytearray(), 0]
+        if self.close_at is None:
+            self.close_at = recv_ts + self.settings.segment_max_seconds
+        return buf
+
     def close_segments(self) -> None:
         """Close every open segment and hand it to the publisher."""
         for (msg_type, hour), (data, lines) in self.raw_buffers.items():
@@ -341,7 +348,6 @@ class Collector:
         reject = self.reject
         max_dgram = s.max_datagram_bytes
         skew = s.max_clock_skew_s
-        seg_s = s.segment_max_seconds
         seg_bytes = s.segment_max_bytes
         prefix = self.name_prefix
         raw = self.raw_buffers
@@ -371,11 +377,8 @@ class Collector:
                         # a batch that would fill its segment goes datagram by datagram, which closes it at the exact line
                         if (0 if buf is None else len(buf[0])) + len(landed[1]) < seg_bytes:
                             if buf is None:
-                                buf = raw[key] = [bytearray(), 0]
-                                if self.close_at is None:
-                                    self.close_at = recv_ts + seg_s
-                                    if self.close_at < next_tick:
-                                        next_tick = self.close_at
+                                buf = self._open_buffer(key, recv_ts)
+                                next_tick = min(next_tick, self.close_at)
                             data_so_far = buf[0]
                             data_so_far += landed[1]
                             buf[1] += n
@@ -407,11 +410,8 @@ class Collector:
                     accepted += 1
                     buf = raw.get(key)
                     if buf is None:
-                        buf = raw[key] = [bytearray(), 0]
-                        if self.close_at is None:
-                            self.close_at = recv_ts + seg_s
-                            if self.close_at < next_tick:
-                                next_tick = self.close_at
+                        buf = self._open_buffer(key, recv_ts)
+                        next_tick = min(next_tick, self.close_at)
                     data_so_far = buf[0]
                     data_so_far += line
                     buf[1] += 1

@@ -33,11 +33,8 @@ kernel (``PR_SET_PDEATHSIG``) and stops cleanly.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import re
 import signal
@@ -45,12 +42,11 @@ import socket
 import sys
 
 from healthmon.config import ConfigError, Settings
+from healthmon.forked import ForkedGroup, become_worker
 from ingest import guard
 
 log = logging.getLogger("healthmon.ingest.group")
 
-PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
-POLL_S = 0.2  # how often the parent looks at its signal flags while it waits for the receivers
 
 
 def receiver_processes(settings: Settings) -> int:
@@ -104,83 +100,30 @@ def run_group(settings: Settings, processes: int) -> int:
     except OSError as exc:
         log.error("cannot listen on udp://%s:%d: %s", settings.udp_host, settings.udp_port, exc)
         return 1
-    return ReceiverGroup(dataclasses.replace(settings, udp_port=port), processes).run()
+    return _supervise(dataclasses.replace(settings, udp_port=port), processes)
 
 
-class ReceiverGroup:
-    """The parent: starts the receivers, passes stop signals on, notices one that dies."""
+def _supervise(settings: Settings, processes: int) -> int:
+    ids = receiver_ids(settings, processes)
+    group = ForkedGroup([(f"collector-{collector_id}", _receiver_main,
+                          (dataclasses.replace(settings, collector_id=collector_id), os.getpid())) for collector_id in ids],
+                        "receiver")
 
-    def __init__(self, settings: Settings, processes: int) -> None:
-        self.settings = settings
-        self.ids = receiver_ids(settings, processes)
-        self.signals = 0  # stop signals received (each is passed on to every receiver)
+    def started(receivers) -> None:
+        log.info("collector %s: %d receiver processes (%s, pids %s) share udp://%s:%d with SO_REUSEPORT", settings.collector_id,
+                 len(receivers), ", ".join(ids), ", ".join(str(r.pid) for r in receivers), settings.udp_host, settings.udp_port)
 
-    def _on_signal(self, _signum, _frame) -> None:
-        self.signals += 1
-
-    def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return self._supervise()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _supervise(self) -> int:
-        # fork: the parent has no thread yet, and a forked receiver starts in milliseconds with the settings as they are
-        context = multiprocessing.get_context("fork")
-        receivers = []
-        # SIGTERM stays blocked across the fork: a receiver gets one that is passed on early once its own handler is
-        # installed (run_receiver unblocks it), not in the moment it would still run the parent's copied handler
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        try:
-            for collector_id in self.ids:
-                receiver = context.Process(target=_receiver_main, name=f"collector-{collector_id}",
-                                           args=(dataclasses.replace(self.settings, collector_id=collector_id), os.getpid()))
-                receiver.start()
-                receivers.append(receiver)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        s = self.settings
-        log.info("collector %s: %d receiver processes (%s, pids %s) share udp://%s:%d with SO_REUSEPORT", s.collector_id,
-                 len(receivers), ", ".join(self.ids), ", ".join(str(r.pid) for r in receivers), s.udp_host, s.udp_port)
-        passed_on = 0
-        failed = None
-        while True:
-            alive = [r for r in receivers if r.exitcode is None]
-            if not alive:
-                break
-            if failed is None and self.signals == 0:
-                failed = next((r for r in receivers if r.exitcode is not None), None)
-                if failed is not None:
-                    log.error("receiver %s exited with %s without being asked to: stopping the other receivers",
-                              failed.name, failed.exitcode)
-                    self.signals = 1
-            if self.signals > passed_on:
-                passed_on = self.signals
-                for receiver in alive:
-                    try:
-                        os.kill(receiver.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            multiprocessing.connection.wait([r.sentinel for r in alive], timeout=POLL_S)
-        codes = {r.name: r.exitcode for r in receivers}
-        if failed is not None or any(codes.values()):
-            log.error("collector %s stopped; receivers exited with %s", s.collector_id, codes)
-            return 1
-        log.info("collector %s stopped: all %d receivers published what they held", s.collector_id, len(receivers))
-        return 0
+    code = group.run(started)
+    if code:
+        log.error("collector %s stopped; receivers exited with %s", settings.collector_id, group.exit_codes)
+    else:
+        log.info("collector %s stopped: all %d receivers published what they held", settings.collector_id, len(ids))
+    return code
 
 
 def _receiver_main(settings: Settings, parent_pid: int) -> None:
     """One receiver process (forked by the parent): a whole collector on the shared port."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C signals the process group: the parent passes it on, once
-    try:  # should the parent die, the kernel sends us SIGTERM: stop cleanly rather than hold the port alone
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        sys.exit(1)
+    become_worker(parent_pid)
     make_record = logging.getLogRecordFactory()
 
     def tagged(*args, **kwargs) -> logging.LogRecord:  # every log line says which receiver wrote it

@@ -19,10 +19,7 @@ parent exits 1; a server whose parent dies gets SIGTERM from the kernel.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
@@ -34,13 +31,12 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from healthmon.config import ConfigError, Settings, load_settings
+from healthmon.forked import ForkedGroup, become_worker
 from serving.app import create_app
 
 log = logging.getLogger("healthmon.serving")
 
 GRACE_S = 3.0
-PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
-POLL_S = 0.2  # how often the parent looks at its signal flags while it waits for the servers
 
 
 class ApiServer:
@@ -146,79 +142,23 @@ def run_group(settings: Settings, processes: int) -> int:
         return 1
     sock.setblocking(False)
     with sock:
-        return ServerGroup(settings, sock, processes).run()
+        group = ForkedGroup([(f"api-{k}", _server_main, (settings, sock, os.getpid())) for k in range(processes)], "API server")
 
+        def started(servers) -> None:
+            log.info("API listening on http://%s:%d (%d processes, pids %s)", *sock.getsockname()[:2], len(servers),
+                     ", ".join(str(s.pid) for s in servers))
 
-class ServerGroup:
-    """The parent of ``api_processes`` servers: starts them, passes stop signals on, notices one that dies."""
-
-    def __init__(self, settings: Settings, sock: socket.socket, processes: int) -> None:
-        self.settings, self.sock, self.processes = settings, sock, processes
-        self.signals = 0  # stop signals received (each is passed on to every server)
-
-    def _on_signal(self, _signum, _frame) -> None:
-        self.signals += 1
-
-    def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return self._supervise()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _supervise(self) -> int:
-        # fork: the parent has no thread, no app and no DuckDB yet; each server makes its own after the fork
-        context = multiprocessing.get_context("fork")
-        servers = []
-        # SIGTERM stays blocked across the fork: a server gets one passed on early once its own handler is installed
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        try:
-            for k in range(self.processes):
-                server = context.Process(target=_server_main, name=f"api-{k}", args=(self.settings, self.sock, os.getpid()))
-                server.start()
-                servers.append(server)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        host, port = self.sock.getsockname()[:2]
-        log.info("API listening on http://%s:%d (%d processes, pids %s)", host, port, len(servers),
-                 ", ".join(str(s.pid) for s in servers))
-        passed_on = 0
-        failed = None
-        while True:
-            alive = [s for s in servers if s.exitcode is None]
-            if not alive:
-                break
-            if failed is None and self.signals == 0:
-                failed = next((s for s in servers if s.exitcode is not None), None)
-                if failed is not None:
-                    log.error("API server %s exited with %s without being asked to: stopping the others", failed.name, failed.exitcode)
-                    self.signals = 1
-            if self.signals > passed_on:
-                passed_on = self.signals
-                for server in alive:
-                    try:
-                        os.kill(server.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            multiprocessing.connection.wait([s.sentinel for s in alive], timeout=POLL_S)
-        codes = {s.name: s.exitcode for s in servers}
-        if failed is not None or any(codes.values()):
-            log.error("API stopped; servers exited with %s", codes)
-            return 1
-        log.info("API stopped: all %d servers", len(servers))
-        return 0
+        code = group.run(started)
+    if code:
+        log.error("API stopped; servers exited with %s", group.exit_codes)
+    else:
+        log.info("API stopped: all %d servers", processes)
+    return code
 
 
 def _server_main(settings: Settings, sock: socket.socket, parent_pid: int) -> None:
     """One server process (forked by the parent): a whole ``ApiServer`` accepting on the shared socket."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C signals the process group: the parent passes it on, once
-    try:  # should the parent die, the kernel sends us SIGTERM: stop cleanly rather than serve on alone
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        sys.exit(1)
+    become_worker(parent_pid)
     sys.exit(_serve_until_signal(ApiServer(settings, sock=sock), (signal.SIGTERM,)))
 
 

@@ -176,7 +176,7 @@ class Tracer:
 
     def __init__(self, data_dir: Path) -> None:
         self.raw = data_dir / "landing" / "raw" / "type=health"
-        self.source_log = data_dir / "speed" / "checkpoint" / "sources" / "0"
+        self.source_log = data_dir / "speed" / "health" / "checkpoint" / "sources" / "0"
         self.speed_state = data_dir / "state" / "speed.json"
 
     def segment(self, service: str, sent: float) -> Path | None:
@@ -203,7 +203,7 @@ class Tracer:
             state = json.loads(self.speed_state.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        for batch in state.get("recent_batches", []):
+        for batch in state.get("streams", {}).get("health", {}).get("recent_batches", []):
             if batch["batch_id"] == batch_id and "spark_ms" in batch:
                 return batch
         return None

@@ -26,6 +26,7 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.compute as pc
 
@@ -33,7 +34,7 @@ from healthmon.config import Settings
 from healthmon.landing import landing_for, raw_dir
 from healthmon.schema import spark_schema
 from healthmon.state import write_state
-from healthmon.views import AGG_TABLES, BATCH_VIEW, REALTIME_VIEW, VIEWED_TYPES, AggTable, read_view_horizon, update_view
+from healthmon.views import AGG_TABLES, BATCH_VIEW, GRAINS, REALTIME_VIEW, VIEWED_TYPES, AggTable, read_view_horizon, update_view
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,43 @@ def apply_micro_batch(settings: Settings, tables: list[tuple[AggTable, object]],
 
 
 _state_lock = threading.Lock()  # the streams' threads share one state file
+
+
+def checkpoint_dir(settings: Settings, msg_type: str) -> Path:
+    """The checkpoint (offset, commit and file-source logs) of the query of ``msg_type``."""
+    return settings.data_path / "speed" / msg_type / "checkpoint"
+
+
+def has_committed(checkpoint: Path) -> bool:
+    """Whether the query of ``checkpoint`` has committed a micro-batch (without one it starts from the first raw file)."""
+    commits = checkpoint / "commits"
+    return commits.is_dir() and any(not p.name.startswith(".") for p in commits.iterdir())
+
+
+def reset_realtime_stream(settings: Settings, msg_type: str, tables: list[AggTable]) -> int:
+    """Discard the real-time rows of ``tables`` and the micro-batch progress of stream ``msg_type``; returns the rows discarded.
+
+    Run before a query starts without a committed micro-batch (first start, or
+    its checkpoint deleted): it reads every raw file of its type again, with
+    micro-batch ids from 0, so the rows counted before would otherwise count
+    twice, and the new micro-batches up to the old committed id would be
+    skipped as replays.
+    """
+    view = settings.views_dir / REALTIME_VIEW
+    if not view.exists():
+        return 0
+
+    def change(con) -> int:
+        deleted = 0
+        for spec in tables:
+            for grain in GRAINS:
+                (count,) = con.execute(f"SELECT count(*) FROM {spec.table(grain)}").fetchone()
+                con.execute(f"DELETE FROM {spec.table(grain)}")
+                deleted += count
+        con.execute("DELETE FROM speed_progress WHERE stream = ?", [msg_type])
+        return deleted
+
+    return update_view(view, change)
 
 
 def make_foreach_batch(settings: Settings, msg_type: str, streams: dict):
@@ -176,7 +214,11 @@ def start_streams(spark, settings: Settings, streams: dict) -> list:
             .option("maxFilesPerTrigger", 1000)
             .json(store.uri(raw_dir(msg_type)))
         )
-        checkpoint = settings.data_path / "speed" / msg_type / "checkpoint"
+        checkpoint = checkpoint_dir(settings, msg_type)
+        if not has_committed(checkpoint):
+            discarded = reset_realtime_stream(settings, msg_type, [spec for spec, _transform in VIEW_TRANSFORMS[msg_type]])
+            log.info("speed job: no committed micro-batch in %s: replaying raw/type=%s/ from the start (%d real-time rows discarded)",
+                     checkpoint, msg_type, discarded)
         checkpoint.mkdir(parents=True, exist_ok=True)
         queries.append(
             source.writeStream.foreachBatch(make_foreach_batch(settings, msg_type, streams))

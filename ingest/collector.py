@@ -74,9 +74,9 @@ and ``landed_line`` would.
 Accepted lines are appended to one growing ``bytearray`` per open segment
 (not kept as ~20,000 small objects, each in fresh memory).  Counters live in
 local variables; nothing is logged per message.  Measured on the 2-core dev
-VM (``bench/ingest.py``): ~7.5-8 us of CPU per datagram, system time
-included (``recvmmsg`` ~1 us of it, ``fastpath`` ~4 us), against ~14.5 us
-with one ``recvfrom`` and ``parse_message`` per datagram.  Beyond what one core takes,
+VM (``bench/ingest.py``, capacity): ~7.5 us of CPU per datagram, system
+time included, with the batch path (~11 us with the fast path alone, ~14.5
+us with one ``recvfrom`` and ``parse_message`` per datagram).  Beyond what one core takes,
 ``collector_processes`` runs several receiver processes on the port
 (``ingest.group``, ``SO_REUSEPORT``); ``bench/ingest.py`` measures both.
 """

@@ -52,16 +52,7 @@ class CpuWatch:
     @staticmethod
     def ours() -> float:
         """CPU seconds used so far by this process and its children (a Spark JVM, worker processes)."""
-        import psutil
-
-        me = psutil.Process()
-        total = sum(me.cpu_times()[:4])  # user, system, and of children waited for
-        for child in me.children(recursive=True):
-            try:
-                total += sum(child.cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return tree_cpu_s()
 
     def stop(self) -> dict:
         """Cores busy on average: ``machine``, ``ours`` (this process and its children), ``others``."""
@@ -69,3 +60,17 @@ class CpuWatch:
         machine = (self._machine() - self.machine0) / seconds
         ours = (self.ours() - self.ours0) / seconds
         return {"machine_cores": round(machine, 2), "ours_cores": round(ours, 2), "others_cores": round(max(0.0, machine - ours), 2)}
+
+
+def tree_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds used so far by process ``pid`` (this one if None) and its children, those it waited for included."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = sum(root.cpu_times()[:4])  # user, system, and of children waited for
+    for child in root.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -105,7 +105,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import CpuWatch, machine, write_results  # noqa: E402
+from bench.common import CpuWatch, machine, tree_cpu_s, write_results  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 TARGET_P99_MS = 20.0
@@ -305,20 +305,6 @@ def start_server(data_dir: str, overrides: list[str], tree: Path = REPO, label: 
     return proc, port
 
 
-def server_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by the server process and its children (``api_processes`` > 1)."""
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += sum(proc.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def check_answers(port: int, services: int, data_from: int) -> None:
     """One answer of each kind, checked for its counts: the bench must measure real, complete answers (data from ``data_from``)."""
     import requests
@@ -495,7 +481,7 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
         p.start()
     server_before = server_times(port)
     time.sleep(max(0.0, record_from - time.time()))
-    cpu_before = server_cpu_s(server_pid)
+    cpu_before = tree_cpu_s(server_pid)
     watch = CpuWatch()
     shown = 0.0
     while time.time() < end_at:
@@ -506,7 +492,7 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
             shown += step
         bar.set_postfix_str(f"{label}: {done.value} requests", refresh=False)
     bar.update(max(0.0, seconds - shown))
-    cpu_server = server_cpu_s(server_pid) - cpu_before
+    cpu_server = tree_cpu_s(server_pid) - cpu_before
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(10)
@@ -611,14 +597,14 @@ def run_wrk(port: int, server_pid: int, args, seconds: float, bar, script: Path,
         wrk(max(1, round(args.warmup)))
     duration = max(1, round(seconds))
     server_before = server_times(port)
-    cpu_before = server_cpu_s(server_pid)
+    cpu_before = tree_cpu_s(server_pid)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     watch = CpuWatch()
     bar.set_postfix_str(f"wrk: {duration} s", refresh=True)
     raw, first_bad = wrk(duration)
     cpu = watch.stop()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_server = server_cpu_s(server_pid) - cpu_before
+    cpu_server = tree_cpu_s(server_pid) - cpu_before
     bar.update(duration)
     wall = raw["duration_us"] / 1e6
     generator_s = (children_after.ru_utime - children_before.ru_utime) + (children_after.ru_stime - children_before.ru_stime)

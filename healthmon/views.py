@@ -411,13 +411,9 @@ def expire_below(view_path: Path, horizon: int) -> int:
     if not view_path.exists() or horizon <= 0:
         return 0
 
-    def change(con: duckdb.DuckDBPyConnection) -> int:
-        deleted = 0
-        for spec in AGG_TABLES:
-            (count,) = con.execute(f"SELECT count(*) FROM {spec.table()} WHERE window_start < ?", [horizon]).fetchone()
-            if count:
-                con.execute(f"DELETE FROM {spec.table()} WHERE window_start < ?", [horizon])
-            deleted += count
-        return deleted
+    return update_view(view_path, lambda con: delete_rows(con, [spec.table() for spec in AGG_TABLES], "window_start < ?", [horizon]))
 
-    return update_view(view_path, change)
+
+def delete_rows(con: duckdb.DuckDBPyConnection, tables: list[str], where: str = "TRUE", params: list | None = None) -> int:
+    """Delete the rows of ``tables`` that match ``where``; returns how many."""
+    return sum(con.execute(f"DELETE FROM {table} WHERE {where}", params or []).fetchone()[0] for table in tables)

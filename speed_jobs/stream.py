@@ -34,7 +34,17 @@ from healthmon.config import Settings
 from healthmon.landing import landing_for, raw_dir
 from healthmon.schema import spark_schema
 from healthmon.state import write_state
-from healthmon.views import AGG_TABLES, BATCH_VIEW, GRAINS, REALTIME_VIEW, VIEWED_TYPES, AggTable, read_view_horizon, update_view
+from healthmon.views import (
+    AGG_TABLES,
+    BATCH_VIEW,
+    GRAINS,
+    REALTIME_VIEW,
+    VIEWED_TYPES,
+    AggTable,
+    delete_rows,
+    read_view_horizon,
+    update_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +122,8 @@ def reset_realtime_stream(settings: Settings, msg_type: str, tables: list[AggTab
         return 0
 
     def change(con) -> int:
-        deleted = 0
-        for spec in tables:
-            for grain in GRAINS:
-                (count,) = con.execute(f"SELECT count(*) FROM {spec.table(grain)}").fetchone()
-                con.execute(f"DELETE FROM {spec.table(grain)}")
-                deleted += count
-        con.execute("DELETE FROM speed_progress WHERE stream = ?", [msg_type])
-        return deleted
+        delete_rows(con, ["speed_progress"], "stream = ?", [msg_type])
+        return delete_rows(con, [spec.table(grain) for spec in tables for grain in GRAINS])
 
     return update_view(view, change)
 

@@ -222,8 +222,13 @@ class BuildPlan:
         return not self.todo and self.horizon == self.previous_horizon
 
 
-def plan_build(con, settings: Settings, store: LandingStore, now: float) -> BuildPlan:
-    """The plan of a build at ``now`` against the view open on ``con``."""
+def raw_listing(store: LandingStore) -> dict[str, dict[int, HourInput]]:
+    """Every viewed message type's landed raw files by hour (:func:`raw_hours`)."""
+    return {msg_type: raw_hours(store, msg_type) for msg_type in VIEW_TRANSFORMS}
+
+
+def plan_build(con, settings: Settings, listing: dict[str, dict[int, HourInput]], now: float) -> BuildPlan:
+    """The plan of a build at ``now`` against the view open on ``con``, of the raw files in ``listing`` (:func:`raw_listing`)."""
     previous = read_horizon(con)
     horizon = max(previous, closed_horizon(now, settings.batch_lateness_s))
     tiers, oldest_raw = read_tier_cutoffs(con), raw_floor(settings, now)
@@ -231,7 +236,7 @@ def plan_build(con, settings: Settings, store: LandingStore, now: float) -> Buil
     too_old = 0
     for msg_type in VIEW_TRANSFORMS:
         built = dict(con.execute("SELECT hour_start, fingerprint FROM view_inputs WHERE msg_type = ?", [msg_type]).fetchall())
-        changed = plan_hours(raw_hours(store, msg_type), built, horizon)
+        changed = plan_hours(listing[msg_type], built, horizon)
         todo_by_type[msg_type] = [h for h in changed if rebuildable(h.hour_start, h.hour_start in built, tiers, oldest_raw)]
         too_old += len(changed) - len(todo_by_type[msg_type])
     return BuildPlan(previous, horizon, todo_by_type, too_old)
@@ -264,17 +269,20 @@ def build(spark, settings: Settings, store: LandingStore, now: float | None = No
     now = time.time() if now is None else now
     build_id = uuid.uuid4().hex[:12]
     view_path = settings.views_dir / BATCH_VIEW
+    # Listed once: a file landed after this is read anyway if its hour is rebuilt, and changes that hour's fingerprint,
+    # so the next build rebuilds it again (as for a file landed during the build).
+    listing = raw_listing(store)
     if view_path.exists():
         try:
             with duckdb.connect(str(view_path), read_only=True) as con:
-                plan = plan_build(con, settings, store, now)
+                plan = plan_build(con, settings, listing, now)
         except duckdb.CatalogException:  # a view from an older release, without a table: the build adds it
             plan = None
         if plan is not None and plan.changes_nothing:
             return _outcome(build_id, plan, 0, published=False)
 
     def change(con) -> dict:
-        plan = plan_build(con, settings, store, now)  # again, under the writer lock: the view may have changed since
+        plan = plan_build(con, settings, listing, now)  # again, under the writer lock: the view may have changed since
         rows = 0
         bar = tqdm(total=len(plan.todo), unit="hour", desc="batch build", disable=not progress)
         for msg_type, hours in plan.todo_by_type.items():

@@ -65,7 +65,7 @@ sys.path.insert(0, str(REPO))
 
 from tqdm import tqdm  # noqa: E402
 
-from bench.common import CpuWatch, machine, write_results  # noqa: E402
+from bench.common import CpuWatch, figure, machine, write_results  # noqa: E402
 from healthmon.config import load_settings  # noqa: E402
 from healthmon.landing import HOUR_S, landing_for, master_dir, raw_dir, raw_segment_path  # noqa: E402
 from healthmon.schema import HEALTH_METRICS, landed_line  # noqa: E402
@@ -399,43 +399,36 @@ def ratio_panel(ax, rows: list[dict], labels: list[str], key: str, target: float
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = result["scales"]
     labels = [f"{r['scale']}×\n{r['landed']['messages'] / 1e6:.2f}M msgs" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-
-    ratio_panel(axes[0], rows, labels, "spark_over_duckdb", TARGET_SPARK_OVER_DUCKDB, "#6baed6",
-                lambda r: f"{r['spark_over_duckdb']:.1f}\n({r['spark_aggregation_s']:.1f} s / {r['duckdb_aggregation_s']:.2f} s)",
-                "Spark time / DuckDB time", "Master -> minute windows: Spark / DuckDB")
-    ratio_panel(axes[1], rows, labels, "incremental_over_full", TARGET_INCREMENTAL_OVER_FULL, "#74c476",
-                lambda r: f"{r['incremental_over_full']:.2f}\n({r['incremental_build_s']:.1f} s / {r['full_build_s']:.1f} s)",
-                "incremental build time / full build time", f"1 of {result['params']['hours']} hours changed / full build")
-
-    ax = axes[2]
-    scales = [r["scale"] for r in rows]
-    base = rows[0]
-    for key, name, color in (("full_build_s", "full build", "#08519c"), ("incremental_build_s", "incremental build", "#31a354"),
-                             ("unchanged_build_s", "unchanged build", "#969696"), ("spark_aggregation_s", "Spark aggregation", "#6baed6"),
-                             ("duckdb_aggregation_s", "DuckDB aggregation", "#fd8d3c")):
-        ax.plot(scales, [r[key] for r in rows], marker="o", color=color, label=name)
-    ax.plot(scales, [base["full_build_s"] * s / base["scale"] for s in scales], linestyle=":", color="#08519c", label="full build, linear")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(scales, [f"{s}×" for s in scales])
-    ax.set_xlabel("data (× base)")
-    ax.set_ylabel("seconds (log)")
-    ax.set_title("Growth with the data")
-    ax.legend(fontsize=8)
-
     load = result["machine"]["loadavg_at_start"][0]
-    fig.suptitle(f"healthmon batch bench, {result['at']}, {result['machine']['cpus']} CPUs, load average {load:.1f} at start", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"healthmon batch bench, {result['at']}, {result['machine']['cpus']} CPUs, load average {load:.1f} at start"
+    with figure(path, title, 1, 3, figsize=(16, 5)) as (_plt, _fig, axes):
+        ratio_panel(axes[0], rows, labels, "spark_over_duckdb", TARGET_SPARK_OVER_DUCKDB, "#6baed6",
+                    lambda r: f"{r['spark_over_duckdb']:.1f}\n({r['spark_aggregation_s']:.1f} s / {r['duckdb_aggregation_s']:.2f} s)",
+                    "Spark time / DuckDB time", "Master -> minute windows: Spark / DuckDB")
+        ratio_panel(axes[1], rows, labels, "incremental_over_full", TARGET_INCREMENTAL_OVER_FULL, "#74c476",
+                    lambda r: f"{r['incremental_over_full']:.2f}\n({r['incremental_build_s']:.1f} s / {r['full_build_s']:.1f} s)",
+                    "incremental build time / full build time", f"1 of {result['params']['hours']} hours changed / full build")
+
+        ax = axes[2]
+        scales = [r["scale"] for r in rows]
+        base = rows[0]
+        for key, name, color in (("full_build_s", "full build", "#08519c"),
+                                 ("incremental_build_s", "incremental build", "#31a354"),
+                                 ("unchanged_build_s", "unchanged build", "#969696"),
+                                 ("spark_aggregation_s", "Spark aggregation", "#6baed6"),
+                                 ("duckdb_aggregation_s", "DuckDB aggregation", "#fd8d3c")):
+            ax.plot(scales, [r[key] for r in rows], marker="o", color=color, label=name)
+        linear = [base["full_build_s"] * s / base["scale"] for s in scales]
+        ax.plot(scales, linear, linestyle=":", color="#08519c", label="full build, linear")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(scales, [f"{s}×" for s in scales])
+        ax.set_xlabel("data (× base)")
+        ax.set_ylabel("seconds (log)")
+        ax.set_title("Growth with the data")
+        ax.legend(fontsize=8)
 
 
 def print_table(result: dict) -> None:

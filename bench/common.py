@@ -8,11 +8,12 @@ taken under.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -29,6 +30,27 @@ def write_results(result: dict, out: Path, chart: Callable[[dict, Path], None]) 
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, out)
     chart(result, out.with_suffix(".png"))
+
+
+@contextlib.contextmanager
+def figure(path: Path, title: str, *grid, **options) -> Iterator[tuple]:
+    """``(pyplot, figure, axes)`` of ``pyplot.subplots(*grid, **options)`` (Agg backend).
+
+    On exit ``title`` goes on top and the chart is saved at ``path`` (PNG).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*grid, **options)
+    try:
+        yield plt, fig, axes
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 class CpuWatch:

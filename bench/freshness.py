@@ -57,8 +57,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import figure, write_results  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
-from bench.common import write_results  # noqa: E402
 from healthmon.schema import encode  # noqa: E402
 from tests.procs import free_port, start_healthmon, stop_process, wait_until  # noqa: E402
 
@@ -251,45 +251,37 @@ def median_breakdown(traces: list[dict]) -> dict:
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in result["loads"] if r["probes"]]
     labels = [f"{r['load_per_s']:,}/s\n(lost probes: {r['lost_probes']})" for r in rows]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5))
-    width = 0.25
-    for i, (key, color) in enumerate((("p50_s", "#4c72b0"), ("p95_s", "#dd8452"), ("p99_s", "#c44e52"))):
-        xs = [j + (i - 1) * width for j in range(len(rows))]
-        bars = ax.bar(xs, [r[key] for r in rows], width, label=key.removesuffix("_s"), color=color)
-        for bar in bars:
-            ax.annotate(f"{bar.get_height():.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=8)
-    ax.axhline(TARGET_P95_S, color="red", linestyle="--", label=f"p95 target {TARGET_P95_S:g} s")
-    ax.set_xticks(range(len(rows)), labels)
-    ax.set_xlabel("background load")
-    ax.set_ylabel("send -> counted by /api/v1/summary, s")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    bottoms = [0.0] * len(rows)
-    colors = ("#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974")
-    for step, color in zip(STEPS, colors, strict=True):
-        heights = [r.get("median_breakdown", {}).get("steps_s", {}).get(step, 0) for r in rows]
-        bx.bar(range(len(rows)), heights, 0.5, bottom=bottoms, label=step, color=color)
-        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    bx.axhline(TARGET_P95_S, color="red", linestyle="--", label=f"p95 target {TARGET_P95_S:g} s")
-    bx.set_xticks(range(len(rows)), labels)
-    bx.set_ylabel("median of each step, s")
-    bx.set_title("where a probe's time goes (medians)", fontsize=9)
-    bx.legend(fontsize=8)
-    bx.grid(alpha=0.3, axis="y")
     m = result["machine"]
-    fig.suptitle(f"Freshness at several loads ({m['cpus']} CPUs, load average {m['loadavg_at_start'][0]:.1f} at start, "
-                 f"{m['loadavg_at_end'][0]:.1f} at end); settings: {', '.join(result['settings']) or 'defaults'}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = (f"Freshness at several loads ({m['cpus']} CPUs, load average {m['loadavg_at_start'][0]:.1f} at start, "
+             f"{m['loadavg_at_end'][0]:.1f} at end); settings: {', '.join(result['settings']) or 'defaults'}")
+    with figure(path, title, 1, 2, figsize=(12, 5)) as (_plt, _fig, (ax, bx)):
+        width = 0.25
+        for i, (key, color) in enumerate((("p50_s", "#4c72b0"), ("p95_s", "#dd8452"), ("p99_s", "#c44e52"))):
+            xs = [j + (i - 1) * width for j in range(len(rows))]
+            bars = ax.bar(xs, [r[key] for r in rows], width, label=key.removesuffix("_s"), color=color)
+            for bar in bars:
+                ax.annotate(f"{bar.get_height():.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=8)
+        ax.axhline(TARGET_P95_S, color="red", linestyle="--", label=f"p95 target {TARGET_P95_S:g} s")
+        ax.set_xticks(range(len(rows)), labels)
+        ax.set_xlabel("background load")
+        ax.set_ylabel("send -> counted by /api/v1/summary, s")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        bottoms = [0.0] * len(rows)
+        colors = ("#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974")
+        for step, color in zip(STEPS, colors, strict=True):
+            heights = [r.get("median_breakdown", {}).get("steps_s", {}).get(step, 0) for r in rows]
+            bx.bar(range(len(rows)), heights, 0.5, bottom=bottoms, label=step, color=color)
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+        bx.axhline(TARGET_P95_S, color="red", linestyle="--", label=f"p95 target {TARGET_P95_S:g} s")
+        bx.set_xticks(range(len(rows)), labels)
+        bx.set_ylabel("median of each step, s")
+        bx.set_title("where a probe's time goes (medians)", fontsize=9)
+        bx.legend(fontsize=8)
+        bx.grid(alpha=0.3, axis="y")
 
 
 def measure_load(load: int, probes: int, ctx: dict, bar: tqdm) -> dict:

@@ -68,7 +68,7 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO))
 
-from bench.common import CpuWatch, machine  # noqa: E402
+from bench.common import CpuWatch, figure, machine  # noqa: E402
 from tests.procs import free_port, start_healthmon, stop_process, wait_until  # noqa: E402
 
 
@@ -391,56 +391,48 @@ def process_rows(sampler: TreeSampler, load: tuple[float, float]) -> list[dict]:
 
 
 def chart(result: dict, sampler_series: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in result["processes"] if r["peak_rss_mb"] is not None and r["part"] != "all processes"]
-    fig, (bars_ax, time_ax) = plt.subplots(1, 2, figsize=(17, 6.5), gridspec_kw={"width_ratios": [1, 1.2]})
-    labels = [r["process"] for r in rows][::-1]
-    peaks = [r["peak_rss_mb"] for r in rows][::-1]
-    hwm = [r["vmhwm_mb"] or 0 for r in rows][::-1]
-    colors = ["#c44e52" if r["part"] == "collector" else "#8172b2" if r["tree"] else "#4c72b0" for r in rows][::-1]
-    ys = range(len(labels))
-    bars_ax.barh(ys, hwm, color="#dddddd", label="VmHWM (kernel high-water mark)")
-    bars = bars_ax.barh(ys, peaks, height=0.55, color=colors, label="peak sampled RSS during the load")
-    for bar, mb in zip(bars, peaks, strict=True):
-        bars_ax.annotate(f"{mb:.0f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=7,
-                         textcoords="offset points", xytext=(3, 0))
-    bars_ax.axvline(TARGET_COLLECTOR_MB, color="red", linestyle="--", label=f"collector target {TARGET_COLLECTOR_MB:.0f} MB")
-    bars_ax.set_yticks(list(ys), labels, fontsize=7)
-    bars_ax.set_xlabel("MB")
-    bars_ax.set_title("Peak RSS per process and per part's tree ([...]); target: collector only", fontsize=9)
-    bars_ax.legend(fontsize=7, loc="lower right")
-    bars_ax.grid(alpha=0.3, axis="x")
-
-    # every process but honcho's output relays (flat, ~23 MB each: they are in the supervisor's tree), and the collector's tree
-    shown = [label for label in sampler_series if not label.startswith(("[", "supervisor:")) or label == "[collector tree]"]
-    colors = plt.get_cmap("tab20").colors
-    for i, label in enumerate(shown):
-        points = sampler_series[label]
-        time_ax.plot([t for t, _, _ in points], [mb for _, _, mb in points], label=label, linewidth=1.2, color=colors[i % len(colors)],
-                     linestyle="--" if label.startswith("[") else "-")
-    t0, t1 = result["load_window_s"]
-    time_ax.axvspan(t0, t1, color="#ffe9a8", alpha=0.4, label=f"load {result['rate_per_s']:,} msg/s")
-    for build in result["batch_builds_during_load"]:
-        time_ax.axvline(build["ended_at_s"], color="#55a868", linestyle=":", linewidth=1)
-    time_ax.axhline(TARGET_COLLECTOR_MB, color="red", linestyle="--", linewidth=1)
-    time_ax.set_xlabel("seconds since healthmon up started (green dotted: a batch build ended)")
-    time_ax.set_ylabel("RSS, MB")
-    time_ax.set_title("RSS over time", fontsize=9)
-    time_ax.legend(fontsize=6, loc="upper left")
-    time_ax.grid(alpha=0.3)
     m = result["machine"]
     c = result["counts"]
-    fig.suptitle(f"healthmon memory at {result['rate_per_s']:,} msg/s offered for {result['seconds']:g} s "
-                 f"(accepted {c['accepted_per_s']:,}/s, {c['accepted_of_sent']:.1%} of sent); {m['cpus']} CPUs, "
-                 f"load average {m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end, "
-                 f"{m['cpu_during_load']['others_cores']} cores taken by other processes during the load", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = (f"healthmon memory at {result['rate_per_s']:,} msg/s offered for {result['seconds']:g} s "
+             f"(accepted {c['accepted_per_s']:,}/s, {c['accepted_of_sent']:.1%} of sent); {m['cpus']} CPUs, "
+             f"load average {m['loadavg_at_start'][0]:.1f} at start, {m['loadavg_at_end'][0]:.1f} at end, "
+             f"{m['cpu_during_load']['others_cores']} cores taken by other processes during the load")
+    with figure(path, title, 1, 2, figsize=(17, 6.5), gridspec_kw={"width_ratios": [1, 1.2]}) as (plt, _fig, (bars_ax, time_ax)):
+        labels = [r["process"] for r in rows][::-1]
+        peaks = [r["peak_rss_mb"] for r in rows][::-1]
+        hwm = [r["vmhwm_mb"] or 0 for r in rows][::-1]
+        colors = ["#c44e52" if r["part"] == "collector" else "#8172b2" if r["tree"] else "#4c72b0" for r in rows][::-1]
+        ys = range(len(labels))
+        bars_ax.barh(ys, hwm, color="#dddddd", label="VmHWM (kernel high-water mark)")
+        bars = bars_ax.barh(ys, peaks, height=0.55, color=colors, label="peak sampled RSS during the load")
+        for bar, mb in zip(bars, peaks, strict=True):
+            bars_ax.annotate(f"{mb:.0f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=7,
+                             textcoords="offset points", xytext=(3, 0))
+        bars_ax.axvline(TARGET_COLLECTOR_MB, color="red", linestyle="--", label=f"collector target {TARGET_COLLECTOR_MB:.0f} MB")
+        bars_ax.set_yticks(list(ys), labels, fontsize=7)
+        bars_ax.set_xlabel("MB")
+        bars_ax.set_title("Peak RSS per process and per part's tree ([...]); target: collector only", fontsize=9)
+        bars_ax.legend(fontsize=7, loc="lower right")
+        bars_ax.grid(alpha=0.3, axis="x")
+
+        # every process but honcho's output relays (flat, ~23 MB each: they are in the supervisor's tree), and the collector's tree
+        shown = [label for label in sampler_series if not label.startswith(("[", "supervisor:")) or label == "[collector tree]"]
+        colors = plt.get_cmap("tab20").colors
+        for i, label in enumerate(shown):
+            points = sampler_series[label]
+            time_ax.plot([t for t, _, _ in points], [mb for _, _, mb in points], label=label, linewidth=1.2, color=colors[i % len(colors)],
+                         linestyle="--" if label.startswith("[") else "-")
+        t0, t1 = result["load_window_s"]
+        time_ax.axvspan(t0, t1, color="#ffe9a8", alpha=0.4, label=f"load {result['rate_per_s']:,} msg/s")
+        for build in result["batch_builds_during_load"]:
+            time_ax.axvline(build["ended_at_s"], color="#55a868", linestyle=":", linewidth=1)
+        time_ax.axhline(TARGET_COLLECTOR_MB, color="red", linestyle="--", linewidth=1)
+        time_ax.set_xlabel("seconds since healthmon up started (green dotted: a batch build ended)")
+        time_ax.set_ylabel("RSS, MB")
+        time_ax.set_title("RSS over time", fontsize=9)
+        time_ax.legend(fontsize=6, loc="upper left")
+        time_ax.grid(alpha=0.3)
 
 
 def print_table(result: dict) -> None:

@@ -24,13 +24,19 @@ Where each probe's time went, from what the parts leave behind:
   atomic publish (lock, copy, change, checkpoint, fsync + rename);
 - ``api``: -> the API answered with the probe (poll interval, view re-attach).
 
+``--history-hours H`` first lands H hours of raw history below the current
+hour (``HISTORY_SEGMENTS_PER_HOUR`` one-line segments an hour: what one
+receiver publishes at the default 0.5 s) and publishes a batch view whose
+horizon covers them, as a pipeline that has run for a while has: the speed
+job then has a landing tree to list that is not its own micro-batches' files.
+
 Prints p50/p95/p99 per load, the median breakdown, CPU cores and peak RSS
 (process + children: the speed job's JVM, the collector's receivers) of each
 part, and writes ``bench/results/freshness.json`` and the chart
 ``bench/results/freshness.png``.  The 1-minute load average is recorded at
 start, at every load and at the end (the machine may be shared).
 
-    python bench/freshness.py [--probes 40] [--loads 1000,10000,50000] [--set NAME=VALUE ...]
+    python bench/freshness.py [--probes 40] [--loads 1000,10000,50000] [--history-hours 2] [--set NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ DEFAULT_SETTINGS = ("collector_processes=2",)
 """Settings of every run unless ``--set`` names them: two receivers take 50k msg/s without loss (one lost ~6%)."""
 SETTLE_S = 10.0  # after the load changed, wait this long before probing (the speed layer's batches grow to the new size)
 PROBE_TIMEOUT_S = 30.0
+HISTORY_SEGMENTS_PER_HOUR = 7200  # segments landed in an hour by one receiver at segment_max_seconds=0.5
 POLL_S = 0.02
 RSS_SAMPLE_S = 0.5
 SENDER_RATE_MAX = 100_000  # msg/s per sender process (more senders above it)
@@ -165,6 +172,29 @@ def collector_counts(data_dir: Path) -> dict:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def land_history(data_dir: Path, env: dict[str, str], hours: int) -> dict:
+    """``hours`` hours of one-line raw segments below the current hour, and a batch view whose horizon is above them."""
+    from batch_jobs.build import closed_horizon
+    from healthmon.config import load_settings
+    from healthmon.landing import HOUR_S, landing_for, raw_segment_path
+    from healthmon.schema import landed_line, parse_message
+    from healthmon.views import BATCH_VIEW, update_view
+
+    settings = load_settings(environ=env)
+    store = landing_for(settings)
+    horizon = closed_horizon(time.time(), settings.batch_lateness_s)
+    first = horizon - hours * HOUR_S
+    step = HOUR_S / HISTORY_SEGMENTS_PER_HOUR
+    for i in range(hours * HISTORY_SEGMENTS_PER_HOUR):
+        ts = first + i * step
+        line = landed_line(parse_message(probe_message("history", ts), ts, settings.max_clock_skew_s), f"h-1-{i}", ts)
+        store.publish(raw_segment_path("health", ts, f"h-1-{i:06d}"), line)
+    update_view(settings.views_dir / BATCH_VIEW,
+                lambda con: con.execute("INSERT INTO view_meta VALUES (?, ?, ?, ?, ?, ?)",
+                                        [horizon, time.time(), settings.window_s, "bench-history", 0, 0]))
+    return {"hours": hours, "segments": hours * HISTORY_SEGMENTS_PER_HOUR, "horizon_ts": horizon}
 
 
 def probe_message(service: str, ts: float) -> bytes:
@@ -344,6 +374,7 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=40, help="probes per load")
     parser.add_argument("--loads", default=",".join(map(str, DEFAULT_LOADS)), help="background msg/s, comma-separated")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="a setting for every process")
+    parser.add_argument("--history-hours", type=int, default=0, help="hours of raw history landed below a batch horizon first")
     parser.add_argument("--out", default="freshness", help="result name: bench/results/<out>.json and .png")
     args = parser.parse_args()
     loads = [int(x) for x in args.loads.split(",")]
@@ -355,6 +386,7 @@ def main() -> int:
     env.update({f"HEALTHMON_{name.upper()}": value for name, value in settings.items()})
     api = f"http://127.0.0.1:{api_port}"
     machine = common_machine()
+    history = land_history(data_dir, env, args.history_hours) if args.history_hours else None
     procs = {part: start_healthmon([part], env) for part in PARTS}
     rss = PeakRss({part: proc.pid for part, proc in procs.items()})
     rss.start()
@@ -385,7 +417,8 @@ def main() -> int:
         shutil.rmtree(data_dir, ignore_errors=True)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {"bench": "freshness", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,
-              "settings": [f"{k}={v}" for k, v in settings.items()], "probes_per_load": args.probes, "target_p95_s": TARGET_P95_S,
+              "settings": [f"{k}={v}" for k, v in settings.items()], "history": history, "probes_per_load": args.probes,
+              "target_p95_s": TARGET_P95_S,
               "loads": rows, "met": all(r.get("p95_s", float("inf")) <= TARGET_P95_S and not r["lost_probes"] for r in rows)}
     write_results(result, RESULTS / f"{args.out}.json", chart)
     print(f"{'load/s':>8} {'offered/s':>10} {'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'p95/tgt':>7} {'lost':>5}  "

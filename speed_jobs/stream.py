@@ -1,7 +1,9 @@
 """The speed layer: Spark Structured Streaming over landed raw files -> real-time view.
 
 One streaming query per message type (``health``, ``disk_latency``), each over
-``raw/type=<type>/``.  The file source picks up each published segment once
+the hour directories of ``raw/type=<type>/`` from the batch horizon's on
+(``source_hours``; the queries start again from their checkpoints when a new
+hour must be read).  The file source picks up each published segment once
 (hidden files are skipped, so it never reads a partial one).
 ``foreachBatch`` applies the same transforms as the batch build
 (``batch_jobs.transforms.VIEW_TRANSFORMS``) and upserts the partial aggregates
@@ -31,7 +33,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from healthmon.config import Settings
-from healthmon.landing import landing_for, raw_dir
+from healthmon.landing import HOUR_S, hour_partition, landing_for, raw_dir
 from healthmon.schema import spark_schema
 from healthmon.state import write_state
 from healthmon.views import (
@@ -60,6 +62,14 @@ STREAMING_CONF = {
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "1000000",
 }
 """Session settings of the streaming queries, applied before they start."""
+SOURCE_CHECK_S = 5.0
+"""How often the speed job looks whether its streams must read a new hour directory (see ``source_hours``)."""
+HOURS_AHEAD = 1
+"""Hour directories a stream reads beyond the newest one a message may land in now, so that a new hour needs no restart first."""
+MAX_SOURCE_HOURS = 48
+"""Above this many hours from the batch horizon on, a stream reads its whole ``raw/type=<type>/`` tree instead of a list of hours."""
+QUIET_LOGGERS = ("org.apache.spark.sql.execution.streaming.sinks.FileStreamSink",)
+"""Loggers set to ERROR: on a glob source path FileStreamSink warns, with a stack trace, that the path itself does not exist."""
 
 
 def apply_micro_batch(settings: Settings, tables: list[tuple[AggTable, object]], batch_id: int, stream: str = "health",
@@ -95,6 +105,53 @@ def apply_micro_batch(settings: Settings, tables: list[tuple[AggTable, object]],
 
 
 _state_lock = threading.Lock()  # the streams' threads share one state file
+
+
+def source_hours(horizon: int, now: float, max_clock_skew_s: float) -> tuple[int, ...] | None:
+    """Start of every hour whose raw directory the streams must read at ``now``; None: read every hour.
+
+    Spark's file source lists its whole path at every trigger: over the whole
+    ``raw/type=<type>/`` tree that grows by thousands of segments an hour and
+    takes seconds within hours of running.  A micro-batch drops the rows below
+    the batch ``horizon`` (the batch view has them), and a segment lies in the
+    directory of its messages' hour, so only the hours from the horizon's up to
+    the newest a message may have now (``max_clock_skew_s`` ahead), plus
+    ``HOURS_AHEAD``, are read.  Without a batch view yet, or over more than
+    ``MAX_SOURCE_HOURS``, every hour is.
+    """
+    first = horizon // HOUR_S * HOUR_S
+    last = (int(now + max_clock_skew_s) // HOUR_S + HOURS_AHEAD) * HOUR_S
+    if horizon <= 0 or (last - first) // HOUR_S + 1 > MAX_SOURCE_HOURS:
+        return None
+    return tuple(range(first, last + 1, HOUR_S))
+
+
+def needs_restart(reading: tuple[int, ...] | None, needed: tuple[int, ...] | None) -> bool:
+    """Whether streams that read the hours ``reading`` must start again to read ``needed``.
+
+    Only for a new hour at the top, or an hour no longer read at the bottom
+    (the horizon went back: a batch view removed); hours left behind by the
+    horizon are dropped at the next restart, an hour later at most.
+    """
+    if reading is None or needed is None:
+        return reading != needed
+    return needed[-1] > reading[-1] or needed[0] < reading[0]
+
+
+def hours_to_read(settings: Settings, reading: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``source_hours`` now; ``reading`` if the batch view cannot be read."""
+    try:
+        horizon = read_view_horizon(settings.views_dir / BATCH_VIEW)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: keep reading what is read
+        log.warning("speed job: cannot read the batch horizon (%s); the streams keep their hours", exc)
+        return reading
+    return source_hours(horizon, time.time(), settings.max_clock_skew_s)
+
+
+def source_path(store, msg_type: str, hours: tuple[int, ...] | None) -> str:
+    """The file source's path: ``raw/type=<type>`` or a glob of its hour directories ``hours`` (missing ones match nothing)."""
+    root = store.uri(raw_dir(msg_type))
+    return root if hours is None else root + "/{" + ",".join(hour_partition(h) for h in hours) + "}"
 
 
 def checkpoint_dir(settings: Settings, msg_type: str) -> Path:
@@ -201,8 +258,8 @@ def progress_listener(settings: Settings, streams: dict):
     return BatchTimings()
 
 
-def start_streams(spark, settings: Settings, streams: dict) -> list:
-    """Start one streaming query per message type; returns them (the caller awaits or stops them)."""
+def start_streams(spark, settings: Settings, streams: dict, hours: tuple[int, ...] | None = None) -> list:
+    """Start one streaming query per message type over the raw directories of ``hours`` (None: all); returns them."""
     from batch_jobs.transforms import VIEW_TRANSFORMS
 
     store = landing_for(settings)
@@ -216,7 +273,7 @@ def start_streams(spark, settings: Settings, streams: dict) -> list:
             # No partition inference: the schema must not change when the first date=/hour= directory appears.
             .option("recursiveFileLookup", "true")
             .option("maxFilesPerTrigger", 1000)
-            .json(store.uri(raw_dir(msg_type)))
+            .json(source_path(store, msg_type, hours))
         )
         checkpoint = checkpoint_dir(settings, msg_type)
         if not has_committed(checkpoint):
@@ -231,6 +288,7 @@ def start_streams(spark, settings: Settings, streams: dict) -> list:
             .queryName(query_name(msg_type))
             .start()
         )
+        streams[msg_type]["reading_from_ts"] = None if hours is None else hours[0]  # None: every hour
     return queries
 
 
@@ -260,12 +318,16 @@ def run(settings: Settings) -> int:
         return 0
     streams: dict = {}
     spark.streams.addListener(progress_listener(settings, streams))
+    log4j = spark._jvm.org.apache.logging.log4j
+    for name in QUIET_LOGGERS:
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
     restarts, delay = 0, 1.0
     try:
         while not stop.is_set():
             queries = []
+            hours = hours_to_read(settings, reading=None)
             try:
-                queries = start_streams(spark, settings, streams)
+                queries = start_streams(spark, settings, streams, hours)
             except Exception as exc:  # noqa: BLE001 - the store may be away: wait for it
                 for query in queries:
                     query.stop()
@@ -275,15 +337,24 @@ def run(settings: Settings) -> int:
                 continue
             started = time.monotonic()
             with _state_lock:
-                write_state(settings.state_dir, "speed", {"state": "streaming", "started_at": time.time(), "restarts": restarts})
-            log.info("speed job streaming %s every %ss", ", ".join(q.name for q in queries), settings.speed_trigger_s)
-            while not stop.is_set() and all(q.isActive for q in queries):
+                write_state(settings.state_dir, "speed", {"state": "streaming", "started_at": time.time(), "restarts": restarts,
+                                                          "streams": streams})
+            log.info("speed job streaming %s every %ss over %s", ", ".join(q.name for q in queries), settings.speed_trigger_s,
+                     "every hour" if hours is None else f"{len(hours)} hours from {hour_partition(hours[0])}")
+            moved, next_check = False, time.monotonic() + SOURCE_CHECK_S
+            while not stop.is_set() and all(q.isActive for q in queries) and not moved:
                 stop.wait(0.5)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + SOURCE_CHECK_S
+                    moved = needs_restart(hours, hours_to_read(settings, reading=hours))
             errors = [str(q.exception())[:300] for q in queries if not q.isActive and q.exception()]
             for query in queries:
                 query.stop()
             if stop.is_set():
                 break
+            if moved and not errors:
+                log.info("speed job: the streams must read another hour: starting them again from their checkpoints")
+                continue
             restarts += 1
             if time.monotonic() - started > 60:
                 delay = 1.0

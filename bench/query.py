@@ -1,7 +1,7 @@
 """Query benchmark: summary and series over 7 days × 100 services, 16 concurrent clients.
 
     python bench/query.py [--days 7] [--services 100] [--clients 16] [--saturated-seconds 30] [--paced-seconds 0]
-                          [--wrk-seconds 30] [--set NAME=VALUE] [--versus-tree DIR] [--versus-set NAME=VALUE]
+                          [--wrk-seconds 30] [--set NAME=VALUE] [--versus-tree DIR] [--versus-set NAME=VALUE] [--rounds 1]
 
 (the record: ``python bench/query.py --paced-rate 160 --paced-seconds 30``, about 3 minutes on an idle
 machine; two server processes against one, by turns, about 4 minutes: ``python bench/query.py
@@ -66,15 +66,20 @@ machine; two server processes against one, by turns, about 4 minutes: ``python b
 DIR``) and/or ``--versus-set NAME=VALUE``: a second server over the same
 views, with that code or those settings; each phase runs on both by turns,
 and a table of ratios (this / compared) ends the output: old against new
-code, or ``api_processes`` 2 against 1, measured under the same load.  With
+code, or ``api_processes`` 2 against 1, measured under the same load.  ``--rounds N`` splits each
+phase into N rounds, the two servers by turns in each (the other one first every other round), and
+merges each server's rounds (wrk's figures: the median round): on a shared machine a burst of other
+work then falls on both instead of on one server's whole phase.  With
 ``api_processes`` > 1 every process has its own cache, so the bench warms
 each (``warm_every_process``) after the cold pass, and the server's own
 mean times are left out (``/metrics`` is the answering process's).
 
 Every answer must be a 200 (and before the run one answer of each kind is
 checked for its counts).  Printed per phase and query type: requests, req/s,
-p50/p95/p99 and p99 / target (20 ms), and the server's own mean time per
-endpoint (from its ``/metrics`` histogram).  Results go to
+p50/p95/p99 and p99 / target (20 ms), the server's own mean time per
+endpoint (from its ``/metrics`` histogram) and its view switches
+(``healthmon_api_view_switch_seconds``: from noticing a new view file to
+requests reading it, the answers prepared; this adds to freshness).  Results go to
 ``bench/results/query.json``, the chart to ``bench/results/query.png``.
 
 Clients and server share the machine (2 cores here): the client processes
@@ -407,6 +412,37 @@ def server_times(port: int) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+SWITCH = "healthmon_api_view_switch_seconds"
+
+
+def switch_times(port: int) -> dict[str, float]:
+    """The server's histogram of view switches (``healthmon_api_view_switch_seconds``: new files noticed until requests read
+    them, attach and preparation included): ``sum``, ``count`` and the cumulative count of each bucket ``le``; {} from code
+    without it."""
+    import requests
+
+    out: dict[str, float] = {}
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith(SWITCH + "_sum "):
+            out["sum"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(SWITCH + "_count "):
+            out["count"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(SWITCH + '_bucket{le="'):
+            out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def switch_figures(before: dict[str, float], after: dict[str, float]) -> dict | None:
+    """Switches between two ``switch_times``: how many, the mean ms, and the bucket bound (ms) below which 95 % of them fell."""
+    count = after.get("count", 0) - before.get("count", 0)
+    if count <= 0:
+        return None
+    bounds = sorted((float(le), after[le] - before.get(le, 0)) for le in after if le not in ("sum", "count"))
+    p95 = next((bound for bound, below in bounds if below >= 0.95 * count), math.inf)
+    return {"switches": int(count), "mean_ms": round(1000 * (after["sum"] - before.get("sum", 0)) / count, 1),
+            "p95_ms_at_most": None if math.isinf(p95) else round(1000 * p95, 1)}
+
+
 def server_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """The server's mean ms per request by endpoint between two ``server_times``."""
     means = {}
@@ -481,6 +517,7 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
         p.start()
     server_before = server_times(port)
     time.sleep(max(0.0, record_from - time.time()))
+    switches_before = switch_times(port) if own_times else {}
     cpu_before = tree_cpu_s(server_pid)
     watch = CpuWatch()
     shown = 0.0
@@ -501,6 +538,7 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
     errors = [e for _, errs in results for e in errs]
     by_kind = {kind: figures([e for k, e, s in records if KINDS[k] == kind and s == 200], seconds) for kind in KINDS}
     server_mean = server_means(server_before, server_times(port)) if own_times else None
+    switches = switch_figures(switches_before, switch_times(port)) if own_times else None
     return {
         "clients": clients, "offered_req_per_s": rate or None, "seconds": seconds,
         "overall": figures([e for _, e, s in records if s == 200], seconds), "by_query": by_kind,
@@ -508,7 +546,9 @@ def run_phase(port: int, server_pid: int, clients: int, rate: float, args, secon
         "server_cpu_cores": round(cpu_server / seconds, 2), "server_mean_ms_by_endpoint": server_mean,
         # CPU time the server spent per answer: much less disturbed by other processes than the latencies
         "server_cpu_ms_per_request": round(1000 * cpu_server / max(1, len(records)), 2),
+        "view_switches": switches,
         "cpu": cpu,
+        "records": records, "server_cpu_s": cpu_server,  # for merge_rounds (left out of the results)
     }
 
 
@@ -597,6 +637,7 @@ def run_wrk(port: int, server_pid: int, args, seconds: float, bar, script: Path,
         wrk(max(1, round(args.warmup)))
     duration = max(1, round(seconds))
     server_before = server_times(port)
+    switches_before = switch_times(port) if own_times else {}
     cpu_before = tree_cpu_s(server_pid)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     watch = CpuWatch()
@@ -623,8 +664,46 @@ def run_wrk(port: int, server_pid: int, args, seconds: float, bar, script: Path,
         "server_cpu_ms_per_request": round(1000 * cpu_server / max(1, raw["requests"]), 2),
         "generator_cpu_cores": round(generator_s / wall, 2),
         "server_mean_ms_by_endpoint": server_means(server_before, server_times(port)) if own_times else None,
+        "view_switches": switch_figures(switches_before, switch_times(port)) if own_times else None,
         "cpu": cpu,
     }
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One phase measured in several rounds (``--rounds``) as one: the latencies of every round together; wrk's (one
+    histogram per run) as the median round's figure; CPU and switches summed over the rounds."""
+    import statistics
+
+    first = rounds[0]
+    seconds = sum(r["seconds"] for r in rounds)
+    merged = {**first, "rounds": len(rounds), "seconds": round(seconds, 1), "errors": sum(r["errors"] for r in rounds)}
+    if "records" in first:
+        records = [rec for r in rounds for rec in r["records"]]
+        cpu_server = sum(r["server_cpu_s"] for r in rounds)
+        merged.update({
+            "overall": figures([e for _, e, st in records if st == 200], seconds),
+            "by_query": {kind: figures([e for k, e, st in records if KINDS[k] == kind and st == 200], seconds) for kind in KINDS},
+            "error_samples": [e for r in rounds for e in r["error_samples"]][:5],
+            "server_cpu_cores": round(cpu_server / seconds, 2),
+            "server_cpu_ms_per_request": round(1000 * cpu_server / max(1, len(records)), 2),
+        })
+    else:  # wrk
+        overall = {key: round(statistics.median(r["overall"][key] for r in rounds), 2) for key in first["overall"]}
+        overall["requests"] = sum(r["overall"]["requests"] for r in rounds)
+        overall["req_per_s"] = round(overall["requests"] / seconds, 1)
+        merged.update({"overall": overall,
+                       "server_cpu_cores": round(statistics.mean(r["server_cpu_cores"] for r in rounds), 2),
+                       "server_cpu_ms_per_request": round(statistics.mean(r["server_cpu_ms_per_request"] for r in rounds), 2)})
+    switches = [r["view_switches"] for r in rounds if r.get("view_switches")]
+    if switches:
+        count = sum(sw["switches"] for sw in switches)
+        bounds = [sw["p95_ms_at_most"] for sw in switches]
+        merged["view_switches"] = {"switches": count, "mean_ms": round(sum(sw["switches"] * sw["mean_ms"] for sw in switches) / count, 1),
+                                   "p95_ms_at_most": None if None in bounds else max(bounds)}
+    merged["cpu"] = {key: round(statistics.mean(r["cpu"][key] for r in rounds), 2) for key in first["cpu"]}
+    merged.pop("records", None)
+    merged.pop("server_cpu_s", None)
+    return merged
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -717,6 +796,10 @@ def print_table(name: str, phase: dict) -> None:
               f"{row['p99_over_target']:>10}")
     if phase.get("server_mean_ms_by_endpoint"):
         print("server's own mean time (ms): " + ", ".join(f"{k} {v}" for k, v in phase["server_mean_ms_by_endpoint"].items()))
+    if phase.get("view_switches"):
+        switches = phase["view_switches"]
+        print(f"view switches (new files noticed until requests read them, answers prepared): {switches['switches']}, "
+              f"mean {switches['mean_ms']} ms, 95 % within {switches['p95_ms_at_most']} ms")
 
 
 def print_versus(phases: dict, versus: dict) -> None:
@@ -751,6 +834,9 @@ def main() -> int:
     parser.add_argument("--wrk-seconds", type=float, default=30.0, help="measured time of the wrk phase (0: skip)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="threads of wrk (each an event loop over its connections)")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured time before each phase")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="split each phase's time into this many rounds, the servers by turns in each (a shared machine's "
+                             "bursts then fall on both)")
     parser.add_argument("--layout", choices=["build", "appended"], default="build",
                         help="batch rows as the build stores them, or appended hour by hour without clustering (before the fix)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
@@ -805,14 +891,22 @@ def main() -> int:
             if not one_process[label]:
                 print(f"warming every server process ({label}): {warm_every_process(port, args.services, 8)} s", flush=True)
         measured = sum(seconds for *_, seconds in plan) + max(0.0, args.wrk_seconds)
+        rounds: dict[str, dict[str, list[dict]]] = {label: {} for label in servers}
         with tqdm(total=measured * len(servers), unit="s", desc="query bench",
                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}") as bar:
-            for name, clients, rate, seconds in plan:
-                for label, (proc, port) in servers.items():  # by turns, so that both see the same machine
-                    by_server[label][name] = run_phase(port, proc.pid, clients, rate, args, seconds, bar, name, one_process[label])
-            if args.wrk_seconds > 0:
-                for label, (proc, port) in servers.items():
-                    by_server[label]["wrk"] = run_wrk(port, proc.pid, args, args.wrk_seconds, bar, script, one_process[label])
+            for r in range(args.rounds):
+                # by turns, so that both see the same machine; each round the other one first
+                turns = list(servers.items())[:: 1 if r % 2 == 0 else -1]
+                for name, clients, rate, seconds in plan:
+                    for label, (proc, port) in turns:
+                        rounds[label].setdefault(name, []).append(
+                            run_phase(port, proc.pid, clients, rate, args, seconds / args.rounds, bar, name, one_process[label]))
+                if args.wrk_seconds > 0:
+                    for label, (proc, port) in turns:
+                        rounds[label].setdefault("wrk", []).append(
+                            run_wrk(port, proc.pid, args, args.wrk_seconds / args.rounds, bar, script, one_process[label]))
+        for label, phases_of in rounds.items():
+            by_server[label].update({name: merge_rounds(runs) for name, runs in phases_of.items()})
     finally:
         realtime_publishes = publisher.stop()
         for label, (proc, _port) in servers.items():

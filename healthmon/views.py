@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import threading
@@ -38,6 +39,8 @@ from healthmon.schema import HEALTH_METRICS
 
 BATCH_VIEW = "batch.duckdb"
 REALTIME_VIEW = "realtime.duckdb"
+
+log = logging.getLogger("healthmon.views")
 
 GRAINS = ("window", "hour", "day")  # <name>_window (base windows), <name>_hour and <name>_day (batch rollups)
 MERGES = ("sum", "min", "max", "last")  # how an aggregate column combines; "last" takes the value at the largest last_ts
@@ -247,6 +250,10 @@ def read_view_horizon(view_path: Path) -> int:
         con.close()
 
 
+FOLLOW_INTERVAL_S = 0.02
+"""How often a following ``ViewReader`` looks for newly published files (its requests do not look: see ``follow``)."""
+
+
 class ViewReader:
     """Read-only access to both views for any number of threads: two shared DuckDB instances, a cursor per thread.
 
@@ -266,6 +273,15 @@ class ViewReader:
     thread and all at once after every publication, no request waits for
     another to finish, and the threads share the buffer pools.
 
+    ``follow(prepare)`` (the API server): from then on a background thread
+    does the attaching instead, and calls ``prepare(cursor)`` on the spare
+    instance (pinned for it, so ``identity()`` names the new files) before
+    making it current: the answers' parts that depend on the new files are
+    computed before any request reads them, and requests never wait for a
+    publication.  A request may so read the pair before for as long as it
+    takes the follower to notice the files (``FOLLOW_INTERVAL_S``), attach
+    them and ``prepare``.  Requests then do not stat the files at all.
+
     The real-time file is looked at before the batch file: the batch layer
     publishes a new horizon first and real-time rows below it are expired
     afterwards, so a reader that sees an expired real-time file then sees the
@@ -276,15 +292,24 @@ class ViewReader:
 
     def __init__(self, views_dir: Path) -> None:
         self.views_dir = Path(views_dir)
+        self._paths = tuple((alias, str(self.views_dir / name)) for alias, name in self.ALIASES)  # stat on every request: no Path objects
         self._local = threading.local()
         self._lock = threading.Condition()
         self._current, self._spare = _Instance(), _Instance()
         self._switching = False  # a thread is attaching new files to the spare instance
+        self._prepare: Callable[[duckdb.DuckDBPyConnection], object] | None = None  # set by follow()
+        self._on_switch: Callable[[float], object] | None = None
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """This thread's cursor with the newest published files attached (or the pair before, while another thread attaches those)."""
         self.release()
-        identities = {alias: self._file_identity(self.views_dir / name) for alias, name in self.ALIASES}
+        if self._prepare is not None:  # following: the follower looks for new files; no stat here (each one hands the GIL over)
+            with self._lock:
+                if self._current.identities is not None:
+                    return self._pin(self._current)
+        identities = self._identities()
         with self._lock:
             while True:
                 current = self._current
@@ -305,6 +330,65 @@ class ViewReader:
                 self._lock.notify_all()
         with self._lock:
             return self._pin(self._current)
+
+    def _identities(self) -> dict[str, tuple[int, ...] | None]:
+        return {alias: self._file_identity(path) for alias, path in self._paths}
+
+    def follow(self, prepare: Callable[[duckdb.DuckDBPyConnection], object], interval_s: float | None = FOLLOW_INTERVAL_S,
+               on_switch: Callable[[float], object] | None = None) -> None:
+        """Attach newly published files in the background, ``prepare(cursor)`` them, then switch requests to them.
+
+        ``interval_s`` None: no thread; the caller calls ``switch_to_newest()`` (tests).  ``on_switch(seconds)``
+        after each switch: how long the new files took from being noticed to being read (attach and prepare).
+        """
+        self._prepare, self._on_switch = prepare, on_switch
+        if interval_s is not None and self._follower is None:
+            self._follower = threading.Thread(target=self._follow, args=(interval_s,), name="view-follower", daemon=True)
+            self._follower.start()
+
+    def _follow(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.switch_to_newest()
+            except Exception:  # a damaged file, say: requests go on reading the current pair; try again
+                log.exception("attaching the newest view files failed; still serving the pair before")
+                self._stop.wait(1.0)
+            self._stop.wait(interval_s)
+
+    def switch_to_newest(self) -> bool:
+        """(Following) attach the newest files on the spare instance, prepare them and make them current; whether there were new ones."""
+        identities = self._identities()
+        started = time.perf_counter()
+        with self._lock:
+            current = self._current
+            if current.identities == identities or self._switching:
+                return False
+            self._switching = True
+            while self._spare.pins:  # requests that began before the last switch: let them finish
+                if self._stop.is_set():
+                    self._switching = False
+                    return False
+                self._lock.wait(0.1)
+            spare = self._spare
+        try:
+            spare.attach(self.views_dir, self.ALIASES, identities)
+            with self._lock:
+                cursor = self._pin(spare)
+            try:
+                self._prepare(cursor)
+            except Exception:  # requests then compute what they need themselves, as without a follower
+                log.exception("preparing answers for the new view files failed")
+            finally:
+                self.release()
+        finally:
+            with self._lock:
+                self._switching = False
+                if spare.identities is not None:
+                    self._current, self._spare = spare, current
+                self._lock.notify_all()
+        if self._on_switch is not None:
+            self._on_switch(time.perf_counter() - started)
+        return True
 
     def _pin(self, instance: _Instance) -> duckdb.DuckDBPyConnection:
         """(Under the lock) pin ``instance`` for this thread; this thread's cursor on it."""
@@ -327,6 +411,8 @@ class ViewReader:
             self._local.pinned = None
             with self._lock:
                 instance.pins -= 1
+                if not instance.pins:
+                    self._lock.notify_all()
 
     def identity(self, alias: str) -> tuple[int, ...] | None:
         """(device, inode, size, mtime_ns, ctime_ns) of the file attached as ``alias`` for this thread; None: the empty stand-in.
@@ -337,21 +423,24 @@ class ViewReader:
         return self._local.pinned.identities[alias]
 
     @staticmethod
-    def _file_identity(path: Path) -> tuple[int, ...] | None:
+    def _file_identity(path: Path | str) -> tuple[int, ...] | None:
         # Inode numbers are reused as soon as a replaced file is gone, and timestamps are as coarse as the kernel's tick:
         # together with the size and the ctime (which the publishing rename sets) two publications never share all five.
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             return None
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def close_all(self) -> None:
-        """Close both instances and every cursor on them (once the threads that read are stopped).
+        """Stop following, then close both instances and every cursor on them (once the threads that read are stopped).
 
         A DuckDB connection left for the interpreter's final garbage collection
         can abort the process at exit ("terminate called without an active exception").
         """
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(5)
         with self._lock:
             for instance in (self._current, self._spare):
                 instance.close()

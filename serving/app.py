@@ -4,9 +4,13 @@
 serves it with waitress.  One ``ViewReader`` per app gives every worker thread
 a cursor on a DuckDB instance shared by the threads, with both view files
 attached read-only; a newly published file is attached once per process (not
-once per thread), so a request costs a couple of ``stat`` calls and one or two
-small queries.  The SQL and the merge rule live in
-``serving.queries``; parameter parsing in ``serving.params``; the one error
+once per thread), and most answers come from a cache of parts keyed by the
+files (``serving.queries.BatchCache``).  Under a server
+(``serving.server.ApiServer``) a background thread looks for new files,
+attaches them and computes the parts of answers that requests asked for lately
+before requests switch to them (``follow_views``, ``serving.warming``), so no
+request stats a file or waits for a publication.  The SQL and the merge rule
+live in ``serving.queries``; parameter parsing in ``serving.params``; the one error
 shape in ``serving.errors``.
 
 Answers (every time is ISO-8601 UTC with ``Z``; ``*_ts`` fields are epoch
@@ -54,6 +58,7 @@ it.  Errors: see ``serving.errors``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -61,18 +66,19 @@ from collections.abc import Callable
 import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from healthmon import sketch
 from healthmon.config import Settings
 from healthmon.schema import HEALTH_METRICS, NAME_RE
 from healthmon.state import read_runs, read_state, read_states
-from healthmon.views import BATCH_VIEW, REALTIME_VIEW, ViewReader
+from healthmon.views import BATCH_VIEW, FOLLOW_INTERVAL_S, REALTIME_VIEW, ViewReader
 from serving import alerts_api, dashboard, liveness, openapi, queries
 from serving.disk_health import drive_health
 from serving.errors import bad_parameter, not_found, register_error_handlers
 from serving.metrics import make_registry
 from serving.params import STEP_LABELS, check_known, choose_step, iso, parse_range, parse_service, parse_step
+from serving.warming import Demand
 
 API = "/api/v1"
 PERCENTILES = (("p50_us", 0.50), ("p95_us", 0.95), ("p99_us", 0.99))
@@ -105,11 +111,12 @@ def _num(value):
 
 
 EMPTY_METRICS = {m: {"avg": None, "min": None, "max": None} for m in HEALTH_METRICS}
+bucket_iso = functools.lru_cache(maxsize=1 << 16)(iso)  # the same bucket starts are rendered by request after request
 
 
 def series_point(start: int, row: dict | None) -> bytes:
     """One point of a series answer as JSON: the bucket starting at ``start`` with its merged ``row`` (None: no windows)."""
-    point = {"start": iso(start), "ts": start}
+    point = {"start": bucket_iso(start), "ts": start}
     if row is None:
         point["count"] = 0
         point.update(EMPTY_METRICS)
@@ -158,11 +165,26 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
     def unpin_view_files(_exc):
         reader.release()  # the files this request read may now be replaced by newer ones (ViewReader.connection)
 
-    def views() -> queries.Snapshot:
-        con = connection()
+    def snapshot_of(con) -> queries.Snapshot:
+        """The views as read through ``con``, a cursor pinned by this thread (``ViewReader.identity`` names its files)."""
         return queries.snapshot(con, batch_cache, reader.identity("b"), reader.identity("rt"), settings.window_s)
 
+    def views() -> queries.Snapshot:
+        return snapshot_of(connection())
+
     registry, request_latency = make_registry(settings, connection, clock, cache=batch_cache)
+    demand = Demand()  # the answers over the real-time view that requests asked for lately (serving.warming)
+    app.extensions["healthmon.demand"] = demand
+    switch_latency = Histogram(
+        "healthmon_api_view_switch_seconds", "Seconds from noticing newly published view files to requests reading them "
+        "(attach, and the answers' parts requests asked for lately computed for them).",
+        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=registry)
+
+    def follow_views(interval_s: float | None = FOLLOW_INTERVAL_S) -> None:
+        """Attach new view files and prepare answers for them in the background, so no request waits (the API server calls it)."""
+        reader.follow(lambda con: demand.prepare(snapshot_of(con)), interval_s, switch_latency.observe)
+
+    app.extensions["healthmon.follow_views"] = follow_views
 
     @app.before_request
     def start_timer():
@@ -212,6 +234,20 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         service = parse_service(request.args.get("service"))
         snap = views()
         horizon = snap.horizon
+        span, services = summary_services(snap, lo, hi, service)
+        if service is not None and services == b"[]" and not queries.service_exists(snap.con, service, horizon):
+            raise not_found(f"unknown service {service!r}")
+        if span.hi > horizon:  # its real-time part: prepared for new files
+            demand.note(("summary", service, hi - lo), summary_services, lo, hi, service)
+        return {
+            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
+            "horizon": iso(horizon) if horizon else None,
+            **tier_fields(span, frm, to, lo, hi),
+            "services": orjson.Fragment(services),
+        }
+
+    def summary_services(snap: queries.Snapshot, lo: int, hi: int, service: str | None) -> tuple[queries.TierSpan, bytes]:
+        """The tier span of a summary over ``[lo, hi)`` and its list of services as JSON (cached by the files and the range)."""
         span = queries.tier_span(lo, hi, snap.cutoffs)
         normalized = snap.normalized(span.lo, span.hi)
 
@@ -226,20 +262,11 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             return rendered, len(rendered) + 100
 
         # The whole list depends on both files and the range only: cached by them (queries.BatchCache).
-        services = snap.cache.get((snap.batch_id, snap.realtime_key(normalized[1]), "summary answer", *normalized, service),
-                                  render_services)
-        if service is not None and services == b"[]" and not queries.service_exists(snap.con, service, horizon):
-            raise not_found(f"unknown service {service!r}")
-        return {
-            "from": iso(frm), "to": iso(to), "from_ts": frm, "to_ts": to,
-            "horizon": iso(horizon) if horizon else None,
-            **tier_fields(span, frm, to, lo, hi),
-            "services": orjson.Fragment(services),
-        }
+        return span, snap.cache.get((snap.batch_id, snap.realtime_key(normalized[1]), "summary answer", *normalized, service),
+                                    render_services)
 
-    def series_plan(snap: queries.Snapshot, frm: float, to: float, lo: int, hi: int):
-        """(step asked or None, horizon, tier span, step used, first bucket, buckets) of a series request."""
-        raw_step = request.args.get("step")
+    def series_plan(snap: queries.Snapshot, frm: float, to: float, lo: int, hi: int, raw_step: str | None):
+        """(step asked or None, horizon, tier span, step used, first bucket, buckets) of a series (``step`` parameter ``raw_step``)."""
         requested = parse_step(raw_step) if raw_step is not None else None
         span = queries.tier_span(lo, hi, snap.cutoffs)
         step, first, n = choose_step(raw_step, frm, to, settings.window_s, settings.api_max_points, span.min_step)
@@ -251,14 +278,21 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
         if not NAME_RE.match(name):
             raise not_found(f"unknown service {name[:60]!r}")
         snap = views()
-        requested, horizon, span, step, first, n = series_plan(snap, frm, to, lo, hi)
+        raw_step = request.args.get("step")
+        requested, horizon, span, step, first, n = series_plan(snap, frm, to, lo, hi, raw_step)
         points, found = series_points(snap, name, span.lo, span.hi, step, first, first + n * step)
         if not found and not queries.service_exists(snap.con, name, horizon):
             raise not_found(f"unknown service {name!r}")
+        if span.hi > horizon:  # the real-time part of every service's series at this step: prepared for new files
+            demand.note(("series", raw_step, hi - lo), prepare_series, name, frm, to, lo, hi, raw_step)
         return {
             "service": name, **range_fields(frm, to, step, horizon, requested),
             **tier_fields(span, frm, to, lo, hi), "points": orjson.Fragment(b"[" + b",".join(points) + b"]"),
         }
+
+    def prepare_series(snap: queries.Snapshot, name: str, frm: float, to: float, lo: int, hi: int, raw_step: str | None) -> None:
+        _, _, span, step, first, n = series_plan(snap, frm, to, lo, hi, raw_step)
+        series_points(snap, name, span.lo, span.hi, step, first, first + n * step)
 
     def series_points(snap: queries.Snapshot, name: str, lo: int, hi: int, step: int, first: int, end: int) -> tuple[list[bytes], bool]:
         """The JSON points of the buckets ``first, first + step, ... < end`` over windows in ``[lo, hi)``; whether any window was found.
@@ -365,7 +399,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
             raise not_found(f"unknown device {host[:60]!r}/{device[:60]!r}")
         snap = views()
         con = snap.con
-        requested, horizon, span, step, first, n = series_plan(snap, frm, to, lo, hi)
+        requested, horizon, span, step, first, n = series_plan(snap, frm, to, lo, hi, request.args.get("step"))
         totals, sketches = queries.disk_latency(con, host, device, op, span.lo, span.hi, step, horizon)
         if not totals and not queries.disk_exists(con, host, device, horizon):
             raise not_found(f"unknown device {host!r}/{device!r}")

@@ -368,21 +368,27 @@ def _merge_row(x: dict, y: dict) -> dict:
 
 
 def summary_cached(snap: Snapshot, lo: int, hi: int, service: str | None = None) -> list[dict]:
-    """:func:`summary` from the cache: the part below the horizon keyed by the batch file, the rest by both files."""
+    """:func:`summary` from the cache: the part below the horizon keyed by the batch file, the rest by both files.
+
+    The part from the horizon on is read for every service (one query per real-time publish serves the summaries of
+    all services and of each one); a service's row of it is the one a query of that service alone gives.
+    """
     con, h = snap.con, snap.horizon
     lo, hi = snap.normalized(lo, hi)
     mid = max(lo, min(hi, h))
 
-    def part(a: int, e: int) -> Callable[[], tuple[dict[str, dict], int]]:
+    def part(a: int, e: int, of: str | None) -> Callable[[], tuple[dict[str, dict], int]]:
         def compute() -> tuple[dict[str, dict], int]:
-            rows = summary(con, a, e, h, service)
+            rows = summary(con, a, e, h, of)
             return {r["service"]: r for r in rows}, 400 + 600 * len(rows)
         return compute
 
-    merged = dict(snap.cache.get((snap.batch_id, "summary", lo, mid, service), part(lo, mid)))
+    merged = dict(snap.cache.get((snap.batch_id, "summary", lo, mid, service), part(lo, mid, service)))
     if mid < hi:
-        for name, row in snap.cache.get((snap.batch_id, snap.realtime_key(hi), "summary", mid, hi, service), part(mid, hi)).items():
-            merged[name] = _merge_row(merged[name], row) if name in merged else row
+        realtime = snap.cache.get((snap.batch_id, snap.realtime_key(hi), "summary", mid, hi, None), part(mid, hi, None))
+        for name, row in realtime.items() if service is None else [(service, realtime.get(service))]:
+            if row is not None:
+                merged[name] = _merge_row(merged[name], row) if name in merged else row
     return [merged[name] for name in sorted(merged)]
 
 
@@ -400,6 +406,10 @@ def series_rows(con: duckdb.DuckDBPyConnection, service: str | None, segments: l
     """:func:`series` over the windows of ``segments`` (from :func:`plan`); ``service`` None: of every service (rows with ``service``)."""
     if not segments:
         return []
+    return _dicts(_series_cursor(con, service, segments, step))
+
+
+def _series_cursor(con: duckdb.DuckDBPyConnection, service: str | None, segments: list[Segment], step: int) -> duckdb.DuckDBPyConnection:
     union, params = _union(segments, _columns(SERIES_AGGS), service)
     step = int(step)
     keys = "bucket" if service is not None else "service, bucket"
@@ -407,32 +417,62 @@ def series_rows(con: duckdb.DuckDBPyConnection, service: str | None, segments: l
         f"SELECT {'' if service is not None else 'service, '}window_start // {step} * {step} AS bucket, {_merge_list(SERIES_AGGS)} "
         f"FROM ({union}) GROUP BY {keys} ORDER BY {keys}"
     )
-    return _dicts(con.execute(sql, params))
+    return con.execute(sql, params)
+
+
+class RowsByService:
+    """Series rows of every service as DuckDB returned them (tuples ordered by service), made dicts one service at a time.
+
+    The real-time part of every service's series is computed after each
+    real-time publication, but a request reads one service's rows: turning
+    all of them into dicts up front was most of the Python time of that part.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.names = [d[0] for d in cur.description][1:]  # without "service"
+        self.rows = cur.fetchall()
+        self.spans: dict[str, tuple[int, int]] = {}
+        start = 0
+        for i in range(1, len(self.rows) + 1):
+            if i == len(self.rows) or self.rows[i][0] != self.rows[start][0]:
+                self.spans[self.rows[start][0]] = (start, i)
+                start = i
+
+    def of(self, service: str) -> list[dict]:
+        """The rows of ``service`` (sorted by bucket), each a new dict of the columns but ``service``."""
+        start, end = self.spans.get(service, (0, 0))
+        names = self.names
+        return [dict(zip(names, row[1:], strict=True)) for row in self.rows[start:end]]
+
+    @property
+    def size_bytes(self) -> int:
+        return 200 + 300 * len(self.rows)
 
 
 def series_tail(snap: Snapshot, service: str, lo: int, hi: int, step: int) -> list[dict]:
-    """:func:`series` over ``[lo, hi)`` with ``lo`` below the horizon, from the cache.
+    """:func:`series` over ``[lo, hi)`` (an edge of a series: a bucket or two) with ``lo`` below the horizon, from the cache.
 
-    The part below the horizon is kept per service by the batch file; the
-    real-time part is read for every service at once and kept by both files,
-    so one query per real-time publish serves every service's series.
+    Each part is read for every service at once (one query serves every
+    service's series): the part below the horizon kept by the batch file
+    (a rolling range's partial first bucket changes every minute), the
+    real-time part by both files (it changes with every real-time publish).
     """
     con, h = snap.con, snap.horizon
     mid = min(hi, h)
     by_bucket: dict[int, dict] = {}
-    if lo < mid:
-        rows = snap.cache.get((snap.batch_id, "series", service, step, lo, mid),
-                              lambda: (series(con, service, lo, mid, step, h), 200 + 300 * (mid - lo) // step))
-        by_bucket = {r["bucket"]: r for r in rows}
-    if mid < hi:
-        def every_service() -> tuple[dict[str, list[dict]], int]:
-            out: dict[str, list[dict]] = {}
-            for row in series_rows(con, None, plan(mid, hi, h, step), step):
-                out.setdefault(row.pop("service"), []).append(row)
-            return out, 200 + 300 * sum(map(len, out.values()))
 
-        realtime = snap.cache.get((snap.batch_id, snap.realtime_id, "series, every service", step, mid, hi), every_service)
-        for row in realtime.get(service, ()):
+    def every_service(a: int, e: int) -> Callable[[], tuple[RowsByService, int]]:
+        def compute() -> tuple[RowsByService, int]:
+            rows = RowsByService(_series_cursor(con, None, plan(a, e, h, step), step))
+            return rows, rows.size_bytes
+        return compute
+
+    if lo < mid:
+        below = snap.cache.get((snap.batch_id, "series, every service", step, lo, mid), every_service(lo, mid))
+        by_bucket = {r["bucket"]: r for r in below.of(service)}
+    if mid < hi:
+        realtime = snap.cache.get((snap.batch_id, snap.realtime_id, "series, every service", step, mid, hi), every_service(mid, hi))
+        for row in realtime.of(service):
             bucket = row["bucket"]
             by_bucket[bucket] = _merge_row(by_bucket[bucket], row) if bucket in by_bucket else row
     return [by_bucket[b] for b in sorted(by_bucket)]

@@ -5,7 +5,10 @@ threads, logs ``API listening on http://host:port`` and serves until SIGTERM or
 SIGINT; then it stops accepting, lets the answers in flight go out (up to
 ``GRACE_S``), stops the workers and returns 0.  ``ApiServer`` is the same
 server as an object, for tests and for a supervisor that runs it in a thread
-(``serve_forever()`` in one thread, ``stop()`` from another).
+(``serve_forever()`` in one thread, ``stop()`` from another).  A running server
+follows the view files (``create_app``'s ``follow_views``): one thread per
+process attaches newly published files and prepares the answers requests
+asked for lately before requests read them (``serving.warming``).
 
 ``api_processes`` > 1 (0: one per core): one Python process answers on at most
 one core (the GIL), so ``run`` binds the listening socket once and forks that
@@ -38,6 +41,10 @@ log = logging.getLogger("healthmon.serving")
 
 GRACE_S = 3.0
 
+# waitress warns "Task queue depth is N" whenever a request waits for a free thread: under load that is a log line
+# per request (and its write hands the GIL over), while the request latency histogram on /metrics already shows it.
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
 
 class ApiServer:
     """A waitress server around ``create_app(settings)`` (or ``app``), stoppable from any thread.
@@ -65,6 +72,9 @@ class ApiServer:
         server = self._server
         socket_map = server._map
         timeout = server.adj.asyncore_loop_timeout
+        follow_views = self.app.extensions.get("healthmon.follow_views")
+        if follow_views is not None:
+            follow_views()  # new view files are attached and prepared in the background: no request waits for them
         try:
             while not self._stop.is_set():
                 wasyncore.loop(timeout=timeout, map=socket_map, use_poll=True, count=1)

@@ -8,6 +8,7 @@ view swaps: ``tests/test_crash.py`` (10,000 reads during 50 swaps).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -440,6 +441,66 @@ def test_cached_answers_stay_exact_across_publishes(tmp_path):
     assert check(MESSAGES + late)[0]["horizon"] == iso(HORIZON + HOUR)
     publish_realtime(views, MESSAGES + late, HORIZON + HOUR)
     check(MESSAGES + late)
+
+
+def test_new_view_files_are_prepared_before_requests_read_them(tmp_path):
+    """Following the files (as the API server does): requests read the pair before until the new files are attached and the
+    parts of answers that requests asked for are computed for them; then the same requests miss nothing, and stay exact."""
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    views = settings.views_dir
+    frm, to = S0 + 600 + 17, END + 600
+    app = create_app(settings, clock=lambda: to)
+    app.extensions["healthmon.follow_views"](None)  # no thread: this test makes the switches
+    app.extensions["healthmon.demand"].budget_s = math.inf  # every kind asked is prepared, however slow the machine
+    reader, cache, client = app.extensions["healthmon.reader"], app.extensions["healthmon.batch_cache"], app.test_client()
+
+    def check(messages: list[dict]) -> list[dict]:
+        got = [client.get("/api/v1/summary", query_string={"from": frm, "to": to}).get_json()]
+        assert_summary(got[0], expected_summary(messages, frm, to))
+        for step in (60, 300, 3600):
+            got.append(client.get("/api/v1/services/alpha/series", query_string={"from": frm, "to": to, "step": step}).get_json())
+            assert_series(got[-1], expected_series(messages, "alpha", frm, to, step))
+        return got
+
+    publish_batch(views, MESSAGES, HORIZON)
+    publish_realtime(views, MESSAGES, HORIZON)
+    before = check(MESSAGES)  # the first pair is attached by the first request: there is none before it
+    assert not reader.switch_to_newest()
+    late = MESSAGES + [message("alpha", END + 5, 1.0), message("beta", HORIZON + 60, 2.0)]
+    publish_realtime(views, late, HORIZON)
+    assert check(MESSAGES) == before  # not switched yet: the pair before, whole
+    moves = (lambda: None, lambda: publish_batch(views, late, HORIZON + HOUR), lambda: publish_realtime(views, late, HORIZON + HOUR))
+    for publish in moves:  # the real-time file above; a batch build that moves the horizon; the expiry after it
+        publish()
+        misses = cache.misses
+        assert reader.switch_to_newest()
+        assert cache.misses > misses  # computed for the new files before any request read them
+        misses = cache.misses
+        after = check(late)
+        assert cache.misses == misses  # so the requests found every part computed
+    assert after[0] != before[0] and after[1]["horizon"] == iso(HORIZON + HOUR)
+
+
+def test_demand_prepares_the_newest_kinds_first_within_its_budget_and_forgets_old_ones():
+    from serving.warming import WARM_KEEP_S, Demand
+
+    now = [100.0]
+    demand = Demand(clock=lambda: now[0], budget_s=1.0)
+    done: list[str] = []
+
+    def replay(snap, name: str, cost: float) -> None:
+        done.append(name)
+        now[0] += cost
+
+    demand.note("old", replay, "old", 0.0)
+    now[0] += WARM_KEEP_S - 1
+    demand.note("a", replay, "a", 0.6)
+    demand.note("b", replay, "b", 0.6)
+    demand.note("c", replay, "c", 0.6)
+    demand.note("a", replay, "a again", 0.6)  # asked again: the newest, with its newest arguments
+    now[0] += 2
+    assert demand.prepare(None) == 2 and done == ["a again", "c"]  # over the budget after two: "b" is left to its request
+    assert "old" not in demand._slots  # not asked for WARM_KEEP_S
 
 
 def test_cache_computes_a_key_once_while_others_wait_for_it():

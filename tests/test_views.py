@@ -119,3 +119,45 @@ def test_reader_threads_share_one_attach_and_each_keeps_its_files_until_released
         one.shutdown()
         two.shutdown()
         reader.close_all()
+
+
+def test_a_following_reader_switches_only_once_the_new_files_are_prepared(tmp_path):
+    """``follow(prepare)``: requests read the pair before until the new files are attached and prepared (``prepare`` sees
+    them pinned, named by ``identity``); then requests read them."""
+    realtime = tmp_path / REALTIME_VIEW
+    update_view(tmp_path / BATCH_VIEW, lambda con: None, fresh=True)
+
+    def publish(rows: int) -> None:
+        update_view(realtime, lambda con: con.execute(f"INSERT INTO health_window (service, window_start, count) "
+                                                      f"SELECT 'a', i * 60, 1 FROM range({rows}) t(i)"), fresh=True)
+
+    def rows(con) -> int:
+        return con.execute("SELECT count(*) FROM rt.health_window").fetchone()[0]
+
+    def request() -> int:
+        try:
+            return rows(reader.connection())
+        finally:
+            reader.release()
+
+    reader = ViewReader(tmp_path)
+    other = ThreadPoolExecutor(1)
+    prepared: list = []
+
+    def prepare(con) -> None:
+        prepared.append((rows(con), reader.identity("rt")))
+        prepared.append(other.submit(request).result())  # meanwhile a request reads the pair before
+
+    try:
+        reader.follow(prepare, interval_s=None)
+        publish(1)
+        assert request() == 1  # nothing attached yet: the first request attaches
+        publish(2)
+        assert request() == 1  # following: requests do not look for new files
+        assert reader.switch_to_newest()
+        assert prepared == [(2, ViewReader._file_identity(realtime)), 1]
+        assert request() == 2
+        assert not reader.switch_to_newest()  # nothing new
+    finally:
+        other.shutdown()
+        reader.close_all()

@@ -66,7 +66,7 @@ from collections.abc import Callable
 import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from healthmon import sketch
 from healthmon.config import Settings
@@ -172,13 +172,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Fl
     def views() -> queries.Snapshot:
         return snapshot_of(connection())
 
-    registry, request_latency = make_registry(settings, connection, clock, cache=batch_cache)
+    registry, request_latency, switch_latency = make_registry(settings, connection, clock, cache=batch_cache)
     demand = Demand()  # the answers over the real-time view that requests asked for lately (serving.warming)
     app.extensions["healthmon.demand"] = demand
-    switch_latency = Histogram(
-        "healthmon_api_view_switch_seconds", "Seconds from noticing newly published view files to requests reading them "
-        "(attach, and the answers' parts requests asked for lately computed for them).",
-        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=registry)
 
     def follow_views(interval_s: float | None = FOLLOW_INTERVAL_S) -> None:
         """Attach new view files and prepare answers for them in the background, so no request waits (the API server calls it)."""

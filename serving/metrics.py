@@ -5,8 +5,9 @@ Two kinds of metrics, in one registry per app:
 - the API's own request latency (``healthmon_api_request_duration_seconds``,
   a histogram by endpoint and status), observed around every request, and its
   answer cache (``healthmon_api_cache_lookups_total`` by result: hit, miss, or
-  wait for the thread computing the same part; ``healthmon_api_cache_size_bytes``);
-  both are this process's own (with ``api_processes`` > 1, of the process
+  wait for the thread computing the same part; ``healthmon_api_cache_size_bytes``)
+  and its view switches (``healthmon_api_view_switch_seconds``: new view files
+  noticed -> attached and prepared -> read by requests); all are this process's own (with ``api_processes`` > 1, of the process
   that answered the scrape);
 - the pipeline's state, read at scrape time by a custom collector from what
   the other processes publish: collector counters (``state/collector-*.json``),
@@ -130,8 +131,9 @@ class CacheCollector:
 
 
 def make_registry(settings: Settings, connection: Callable, clock: Callable[[], float] = time.time,
-                  cache: queries.BatchCache | None = None) -> tuple[CollectorRegistry, Histogram]:
-    """A registry with the pipeline collector, the cache's counters and the API request histogram (returned to observe requests)."""
+                  cache: queries.BatchCache | None = None) -> tuple[CollectorRegistry, Histogram, Histogram]:
+    """A registry with the pipeline collector, the cache's counters and the API's histograms (returned to observe into):
+    request latency, and view switches (``ViewReader.follow``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(settings, connection, clock))
     if cache is not None:
@@ -140,4 +142,9 @@ def make_registry(settings: Settings, connection: Callable, clock: Callable[[], 
         "healthmon_api_request_duration_seconds", "API request latency.", ["endpoint", "status"], registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     )
-    return registry, requests
+    switches = Histogram(
+        "healthmon_api_view_switch_seconds", "Seconds from noticing newly published view files to requests reading them "
+        "(attach, and the answers' parts requests asked for lately computed for them).",
+        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=registry,
+    )
+    return registry, requests, switches

@@ -83,7 +83,7 @@ def test_metrics_count_the_answer_cache_lookups(tmp_path):
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
     cache = BatchCache(max_bytes=1000)
     reader = ViewReader(settings.views_dir)  # no view files yet: the pipeline's part of the scrape reads empty stand-ins
-    registry, _ = make_registry(settings, reader.connection, cache=cache)
+    registry, _, _ = make_registry(settings, reader.connection, cache=cache)
     computing, go = threading.Event(), threading.Event()
 
     def slow() -> tuple[str, int]:

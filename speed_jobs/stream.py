@@ -159,17 +159,23 @@ def checkpoint_dir(settings: Settings, msg_type: str) -> Path:
     return settings.data_path / "speed" / msg_type / "checkpoint"
 
 
-def has_committed(checkpoint: Path) -> bool:
-    """Whether the query of ``checkpoint`` has committed a micro-batch (without one it starts from the first raw file)."""
-    commits = checkpoint / "commits"
-    return commits.is_dir() and any(not p.name.startswith(".") for p in commits.iterdir())
+def has_started(checkpoint: Path) -> bool:
+    """Whether the query of ``checkpoint`` has planned a micro-batch (without one it starts from the first raw file, ids from 0).
+
+    A query whose micro-batch was planned (``offsets``) but not committed,
+    stopped mid-way (a restart for a new hour, a crash), replays that
+    micro-batch with the same files and id: ``speed_progress`` skips it if it
+    was published, so its rows must stay.
+    """
+    return any((checkpoint / log).is_dir() and any(not p.name.startswith(".") for p in (checkpoint / log).iterdir())
+               for log in ("offsets", "commits"))
 
 
 def reset_realtime_stream(settings: Settings, msg_type: str, tables: list[AggTable]) -> int:
     """Discard the real-time rows of ``tables`` and the micro-batch progress of stream ``msg_type``; returns the rows discarded.
 
-    Run before a query starts without a committed micro-batch (first start, or
-    its checkpoint deleted): it reads every raw file of its type again, with
+    Run before a query starts that has never planned a micro-batch (first start,
+    or its checkpoint deleted: ``has_started``): it reads every raw file of its type again, with
     micro-batch ids from 0, so the rows counted before would otherwise count
     twice, and the new micro-batches up to the old committed id would be
     skipped as replays.
@@ -276,9 +282,9 @@ def start_streams(spark, settings: Settings, streams: dict, hours: tuple[int, ..
             .json(source_path(store, msg_type, hours))
         )
         checkpoint = checkpoint_dir(settings, msg_type)
-        if not has_committed(checkpoint):
+        if not has_started(checkpoint):
             discarded = reset_realtime_stream(settings, msg_type, [spec for spec, _transform in VIEW_TRANSFORMS[msg_type]])
-            log.info("speed job: no committed micro-batch in %s: replaying raw/type=%s/ from the start (%d real-time rows discarded)",
+            log.info("speed job: no micro-batch yet in %s: replaying raw/type=%s/ from the start (%d real-time rows discarded)",
                      checkpoint, msg_type, discarded)
         checkpoint.mkdir(parents=True, exist_ok=True)
         queries.append(

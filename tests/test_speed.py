@@ -13,7 +13,7 @@ from speed_jobs.stream import (
     MAX_SOURCE_HOURS,
     apply_micro_batch,
     checkpoint_dir,
-    has_committed,
+    has_started,
     needs_restart,
     reset_realtime_stream,
     source_hours,
@@ -56,7 +56,7 @@ def test_rows_below_the_horizon_are_dropped_and_expired(tmp_path):
     assert realtime(settings) == {("a", 3600): (1, 1.0), ("a", 3660): (1, 1.0)}
 
 
-def test_a_query_without_committed_batches_rebuilds_its_rows_instead_of_counting_twice(tmp_path):
+def test_a_query_that_never_planned_a_batch_rebuilds_its_rows_instead_of_counting_twice(tmp_path):
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
     checkpoint = checkpoint_dir(settings, "health")
     micro_batches = [[(HEALTH, window_rows([("a", 3600, 2, 10.0)]))], [(HEALTH, window_rows([("a", 3660, 1, 4.0)]))]]
@@ -64,9 +64,10 @@ def test_a_query_without_committed_batches_rebuilds_its_rows_instead_of_counting
         apply_micro_batch(settings, tables, batch_id)
     apply_micro_batch(settings, [(HEALTH, window_rows([]))], 5, stream="disk_latency")  # the other stream's progress
     assert realtime(settings) == {("a", 3600): (2, 20.0), ("a", 3660): (1, 4.0)}
-    (checkpoint / "commits").mkdir(parents=True)
-    (checkpoint / "commits" / ".0.crc").write_text("")  # a hidden file is not a commit
-    assert not has_committed(checkpoint)
+    for log in ("offsets", "commits"):
+        (checkpoint / log).mkdir(parents=True)
+        (checkpoint / log / ".0.crc").write_text("")  # a hidden file is not a micro-batch
+    assert not has_started(checkpoint)
     # The checkpoint is gone: the new query replays every raw file with ids from 0. Without the reset, batches
     # 0 and 1 would be skipped as already committed, and the rows counted before would stay.
     assert reset_realtime_stream(settings, "health", [HEALTH]) == 2
@@ -79,8 +80,9 @@ def test_a_query_without_committed_batches_rebuilds_its_rows_instead_of_counting
         assert dict(con.execute("SELECT stream, batch_id FROM speed_progress").fetchall()) == {"health": 1, "disk_latency": 5}
     finally:
         con.close()
-    (checkpoint / "commits" / "0").write_text("v1\n{}")
-    assert has_committed(checkpoint)
+    # Batch 0 planned, not committed (a restart cut it short): it is replayed with its id, so the rows stay.
+    (checkpoint / "offsets" / "0").write_text("v1\n{}")
+    assert has_started(checkpoint)
 
 
 H = 3600

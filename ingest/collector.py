@@ -76,7 +76,7 @@ Accepted lines are appended to one growing ``bytearray`` per open segment
 the publisher as it is when the segment closes (no copy of ~8 MB in the
 receive loop; a local store writes it as it is).  Counters live in
 local variables; nothing is logged per message.  Measured on the 2-core dev
-VM (``bench/ingest.py``, capacity): ~7.5 us of CPU per datagram, system
+VM (``bench/ingest.py``, capacity): ~7-8 us of CPU per datagram, system
 time included, with the batch path (~11 us with the fast path alone, ~14.5
 us with one ``recvfrom`` and ``parse_message`` per datagram).  Beyond what one core takes,
 ``collector_processes`` runs several receiver processes on the port

@@ -323,13 +323,17 @@ class ViewReader:
         try:
             spare.attach(self.views_dir, self.ALIASES, identities)
         finally:
-            with self._lock:
-                self._switching = False
-                if spare.identities is not None:
-                    self._current, self._spare = spare, current
-                self._lock.notify_all()
+            self._switched(spare, current)
         with self._lock:
             return self._pin(self._current)
+
+    def _switched(self, spare: _Instance, current: _Instance) -> None:
+        """The attach to ``spare`` is over: make it current if it holds files (a failed attach leaves ``current``)."""
+        with self._lock:
+            self._switching = False
+            if spare.identities is not None:
+                self._current, self._spare = spare, current
+            self._lock.notify_all()
 
     def _identities(self) -> dict[str, tuple[int, ...] | None]:
         return {alias: self._file_identity(path) for alias, path in self._paths}
@@ -381,11 +385,7 @@ class ViewReader:
             finally:
                 self.release()
         finally:
-            with self._lock:
-                self._switching = False
-                if spare.identities is not None:
-                    self._current, self._spare = spare, current
-                self._lock.notify_all()
+            self._switched(spare, current)
         if self._on_switch is not None:
             self._on_switch(time.perf_counter() - started)
         return True

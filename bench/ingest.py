@@ -68,7 +68,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine, write_results  # noqa: E402
+from bench.common import figure, machine, write_results  # noqa: E402
 from ingest.recvmmsg import IoVec, MMsgHdr  # noqa: E402 - the C structs of sendmmsg(2), declared once, for the collector
 from tests.procs import free_port  # noqa: E402
 
@@ -661,78 +661,70 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def chart(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     subjects = result["subjects"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
-    ax = axes[0]
-    top = max(result["rates"])
-    ax.plot([0, top], [0, top], color="#bbbbbb", linestyle=":", label="offered = delivered")
-    for s in subjects.values():
-        runs = s["runs"]
-        ax.plot([r["offered_per_s"] for r in runs], [r["delivered_per_s"] for r in runs], marker="o", label=s["label"])
-        for r in runs:
-            if not r["zero_loss"]:
-                ax.annotate(f"{r['loss_pct']:.1f}%", (r["offered_per_s"], r["delivered_per_s"]), fontsize=6, alpha=0.7,
-                            textcoords="offset points", xytext=(2, -8))
-    ax.axhline(TARGET_RATE, color="red", linestyle="--", label=f"target {TARGET_RATE:,}/s")
-    ax.set_xlabel("offered msg/s (reached by the senders)")
-    ax.set_ylabel("delivered msg/s (received; collector: accepted and landed)")
-    ax.set_title("Throughput by offered rate (labels: loss)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-
-    ax = axes[1]
-    names = list(subjects)
-    f = result["figures"]
-    capacity = result.get("capacity", {})
-    width = 0.4 if capacity else 0.8
-    xs = range(len(names))
-    bars = ax.bar([x - width / 2 if capacity else x for x in xs], [subjects[n]["summary"]["max_zero_loss_per_s"] for n in names],
-                  width, color="#4c72b0", label="sustained with zero loss (senders on the same cores)")
-    for bar, name in zip(bars, names, strict=True):
-        text = f"{bar.get_height():,.0f}" + ("+" if subjects[name]["summary"]["no_loss_up_to_the_top_rate"] else "")
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
-    if capacity:
-        bars = ax.bar([x + width / 2 for x in xs], [capacity.get(n, {}).get("per_s", 0) for n in names], width, color="#8172b3",
-                      label="capacity: a queued burst drained alone")
-        for bar in bars:
-            ax.annotate(f"{bar.get_height():,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=7)
-    ax.set_xticks(list(xs), names)
-    ax.axhline(TARGET_RATE, color="red", linestyle="--", label=f"target {TARGET_RATE:,}/s")
-    raw = f.get("raw_capacity_per_s") or f["raw_rate_per_s"]
-    if raw:
-        ax.axhline(raw * TARGET_RAW_SHARE, color="purple", linestyle=":", label=f"{TARGET_RAW_SHARE:.0%} of the raw rate")
-    ax.set_title("msg/s per receiver (+: no loss up to the top rate)\n"
-                 f"collector / raw = {f['collector_share_of_raw']} (target ≥ {TARGET_RAW_SHARE}), "
-                 f"collector / best peer = {f['collector_over_best_peer']} (target > 1)", fontsize=9)
-    ax.tick_params(axis="x", labelsize=8, rotation=15)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
-
-    ax = axes[2]
-    labels, mbs = [], []
-    for name, s in subjects.items():
-        for proc, mb in s["summary"]["peak_rss_mb_at_top_rate"].items():
-            labels.append(f"{name}: {proc}")
-            mbs.append(mb)
-    ax.barh(labels, mbs, color="#55a868")
-    ax.axvline(TARGET_RSS_MB, color="red", linestyle="--", label=f"collector target {TARGET_RSS_MB:.0f} MB")
-    ax.set_xlabel("peak RSS, MB (VmHWM) in the run at the top rate")
-    ax.set_title("Memory of each process at the top rate")
-    ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="x")
     m = result["machine"]
-    fig.suptitle(f"healthmon ingest, {m['cpus']} CPUs, loopback, ~{result['datagram_bytes']:.0f}-byte datagrams, "
-                 f"{result['seconds_per_run']:g} s per run, load average {m['loadavg_at_start'][0]:.1f} at start", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = (f"healthmon ingest, {m['cpus']} CPUs, loopback, ~{result['datagram_bytes']:.0f}-byte datagrams, "
+             f"{result['seconds_per_run']:g} s per run, load average {m['loadavg_at_start'][0]:.1f} at start")
+    with figure(path, title, 1, 3, figsize=(18, 5.5)) as (_plt, _fig, axes):
+        ax = axes[0]
+        top = max(result["rates"])
+        ax.plot([0, top], [0, top], color="#bbbbbb", linestyle=":", label="offered = delivered")
+        for s in subjects.values():
+            runs = s["runs"]
+            ax.plot([r["offered_per_s"] for r in runs], [r["delivered_per_s"] for r in runs], marker="o", label=s["label"])
+            for r in runs:
+                if not r["zero_loss"]:
+                    ax.annotate(f"{r['loss_pct']:.1f}%", (r["offered_per_s"], r["delivered_per_s"]), fontsize=6, alpha=0.7,
+                                textcoords="offset points", xytext=(2, -8))
+        ax.axhline(TARGET_RATE, color="red", linestyle="--", label=f"target {TARGET_RATE:,}/s")
+        ax.set_xlabel("offered msg/s (reached by the senders)")
+        ax.set_ylabel("delivered msg/s (received; collector: accepted and landed)")
+        ax.set_title("Throughput by offered rate (labels: loss)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+
+        ax = axes[1]
+        names = list(subjects)
+        f = result["figures"]
+        capacity = result.get("capacity", {})
+        width = 0.4 if capacity else 0.8
+        xs = range(len(names))
+        bars = ax.bar([x - width / 2 if capacity else x for x in xs], [subjects[n]["summary"]["max_zero_loss_per_s"] for n in names],
+                      width, color="#4c72b0", label="sustained with zero loss (senders on the same cores)")
+        for bar, name in zip(bars, names, strict=True):
+            text = f"{bar.get_height():,.0f}" + ("+" if subjects[name]["summary"]["no_loss_up_to_the_top_rate"] else "")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+        if capacity:
+            bars = ax.bar([x + width / 2 for x in xs], [capacity.get(n, {}).get("per_s", 0) for n in names], width, color="#8172b3",
+                          label="capacity: a queued burst drained alone")
+            for bar in bars:
+                ax.annotate(f"{bar.get_height():,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                            fontsize=7)
+        ax.set_xticks(list(xs), names)
+        ax.axhline(TARGET_RATE, color="red", linestyle="--", label=f"target {TARGET_RATE:,}/s")
+        raw = f.get("raw_capacity_per_s") or f["raw_rate_per_s"]
+        if raw:
+            ax.axhline(raw * TARGET_RAW_SHARE, color="purple", linestyle=":", label=f"{TARGET_RAW_SHARE:.0%} of the raw rate")
+        ax.set_title("msg/s per receiver (+: no loss up to the top rate)\n"
+                     f"collector / raw = {f['collector_share_of_raw']} (target ≥ {TARGET_RAW_SHARE}), "
+                     f"collector / best peer = {f['collector_over_best_peer']} (target > 1)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8, rotation=15)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+
+        ax = axes[2]
+        labels, mbs = [], []
+        for name, s in subjects.items():
+            for proc, mb in s["summary"]["peak_rss_mb_at_top_rate"].items():
+                labels.append(f"{name}: {proc}")
+                mbs.append(mb)
+        ax.barh(labels, mbs, color="#55a868")
+        ax.axvline(TARGET_RSS_MB, color="red", linestyle="--", label=f"collector target {TARGET_RSS_MB:.0f} MB")
+        ax.set_xlabel("peak RSS, MB (VmHWM) in the run at the top rate")
+        ax.set_title("Memory of each process at the top rate")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="x")
 
 
 def machine_and_rmem() -> dict:

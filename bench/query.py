@@ -110,7 +110,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import CpuWatch, machine, tree_cpu_s, write_results  # noqa: E402
+from bench.common import CpuWatch, figure, machine, tree_cpu_s, write_results  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 TARGET_P99_MS = 20.0
@@ -742,39 +742,31 @@ def phase_label(name: str, phase: dict) -> str:
 
 def chart(result: dict, path: Path) -> None:
     """p50 and p99 of each query in each phase against the target (log scale), and the requests/s of each phase."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     phases = [(name, result[name]) for name in PHASE_COLORS if name in result]
     labels = [*KINDS, "overall"]
-    fig, (ax, ax_rate) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3.2, 1]})
-    width = 0.8 / len(phases)
-    for i, (name, phase) in enumerate(phases):
-        rows = [phase["overall"] if label == "overall" else phase.get("by_query", {}).get(label, {}) for label in labels]
-        xs = [x + (i - (len(phases) - 1) / 2) * width for x in range(len(labels))]
-        ax.bar(xs, [r.get("p99_ms", 0) for r in rows], width, color=PHASE_COLORS[name], label=f"{phase_label(name, phase)}: p99")
-        ax.scatter(xs, [r.get("p50_ms", 0) for r in rows], marker="_", s=120, color="black", zorder=3,
-                   label="p50" if i == 0 else None)
-    ax.axhline(TARGET_P99_MS, color="crimson", linestyle="--", label=f"target: p99 ≤ {TARGET_P99_MS:g} ms")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("latency, ms (log scale)")
-    ax.set_title(f"Latency per query: {result['params']['days']} d × {result['params']['services']} services")
-    ax.legend(fontsize=8, loc="upper left")
-    rates = [phase["overall"].get("req_per_s", 0) for _, phase in phases]
-    ax_rate.bar(range(len(phases)), rates, color=[PHASE_COLORS[name] for name, _ in phases])
-    for i, rate in enumerate(rates):
-        ax_rate.text(i, rate, f"{rate:.0f}", ha="center", va="bottom")
-    ax_rate.set_xticks(range(len(phases)), [phase_label(name, phase).replace(", ", "\n") for name, phase in phases], fontsize=8)
-    ax_rate.set_ylabel("requests/s answered (all queries)")
-    ax_rate.set_title("Throughput")
     load = result["machine"]["loadavg_at_start"][0]
-    fig.suptitle(f"healthmon query bench, {result['at']}, {result['machine']['cpus']} CPUs, load average {load:.1f} at start", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"healthmon query bench, {result['at']}, {result['machine']['cpus']} CPUs, load average {load:.1f} at start"
+    with figure(path, title, 1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3.2, 1]}) as (_plt, _fig, (ax, ax_rate)):
+        width = 0.8 / len(phases)
+        for i, (name, phase) in enumerate(phases):
+            rows = [phase["overall"] if label == "overall" else phase.get("by_query", {}).get(label, {}) for label in labels]
+            xs = [x + (i - (len(phases) - 1) / 2) * width for x in range(len(labels))]
+            ax.bar(xs, [r.get("p99_ms", 0) for r in rows], width, color=PHASE_COLORS[name], label=f"{phase_label(name, phase)}: p99")
+            ax.scatter(xs, [r.get("p50_ms", 0) for r in rows], marker="_", s=120, color="black", zorder=3,
+                       label="p50" if i == 0 else None)
+        ax.axhline(TARGET_P99_MS, color="crimson", linestyle="--", label=f"target: p99 ≤ {TARGET_P99_MS:g} ms")
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency, ms (log scale)")
+        ax.set_title(f"Latency per query: {result['params']['days']} d × {result['params']['services']} services")
+        ax.legend(fontsize=8, loc="upper left")
+        rates = [phase["overall"].get("req_per_s", 0) for _, phase in phases]
+        ax_rate.bar(range(len(phases)), rates, color=[PHASE_COLORS[name] for name, _ in phases])
+        for i, rate in enumerate(rates):
+            ax_rate.text(i, rate, f"{rate:.0f}", ha="center", va="bottom")
+        ax_rate.set_xticks(range(len(phases)), [phase_label(name, phase).replace(", ", "\n") for name, phase in phases], fontsize=8)
+        ax_rate.set_ylabel("requests/s answered (all queries)")
+        ax_rate.set_title("Throughput")
 
 
 def print_table(name: str, phase: dict) -> None:
